@@ -1,0 +1,649 @@
+"""Station and line files (TOML) -> validated, typed config.
+
+Every problem becomes a `ConfigIssue` printed as `FILE:LINE: [section] key: message`, and
+all issues of a file are collected before `ConfigError` is raised, so a technician fixes a
+file in one pass. Typed getters with bounds (Klipper's configfile idea); unknown keys are
+rejected with a "did you mean". Pure: the loaders read the file, nothing else does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import importlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.tomlsource import TomlSource
+
+STATION_KINDS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
+HARDWARE_TYPES = (
+    "digital_output", "digital_input", "emergency_stop", "door_interlock",
+    "serial", "camera", "scanner",
+)
+OUTPUT_TYPES = ("digital_output",)
+SERIAL_PROTOCOLS = ("framed", "grbl", "marlin", "raw")
+CAMERA_SOURCES = ("picamera2", "file")
+SCANNER_SOURCES = ("serial", "file")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+OPTION_KINDS = ("choice", "text", "integer")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+NAME_RULE = "1-32 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
+
+# Raspberry Pi 40-pin header: physical (BOARD) pin -> BCM GPIO number.
+BOARD_TO_BCM = {
+    3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24,
+    19: 10, 21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12,
+    33: 13, 35: 19, 36: 16, 37: 26, 38: 20, 40: 21,
+}
+POWER_PINS = {1: "3V3", 2: "5V", 4: "5V", 6: "GND", 9: "GND", 14: "GND", 17: "3V3", 20: "GND",
+              25: "GND", 30: "GND", 34: "GND", 39: "GND"}
+_REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, located by file, line, section and key."""
+
+    file: str
+    line: int
+    section: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"[{self.section}] " if self.section else ""
+        key = f"{self.key}: " if self.key else ""
+        return f"{self.file}:{self.line}: {where}{key}{self.message}"
+
+
+class ConfigError(Exception):
+    """A config file could not be loaded; `.issues` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue], unreadable: bool = False):
+        self.issues = issues
+        self.unreadable = unreadable
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+# ---------------------------------------------------------------- records
+
+@dataclass(frozen=True)
+class NodeConfig:
+    id: str
+    line: str
+    data_dir: Path
+    line_file: Path
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool
+    host: str
+    port: int
+    username: str | None
+    password_file: Path | None
+    tls: bool
+    ca_file: Path | None
+    keepalive: int
+
+
+@dataclass(frozen=True)
+class StationSection:
+    kind: str
+    title: str
+    options: Any = None
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """One device under `[hardware.<name>]`; which fields matter depends on `type`."""
+
+    name: str
+    type: str
+    pin: int | None = None
+    active_high: bool = True
+    safe_state: bool | None = None
+    pull_up: bool = True
+    bounce_ms: int = 20
+    port: str | None = None
+    baudrate: int = 115200
+    protocol: str = "raw"
+    source: str | None = None
+    path: Path | None = None
+    resolution: tuple[int, int] = (1640, 1232)
+
+    @property
+    def is_output(self) -> bool:
+        return self.type in OUTPUT_TYPES
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool
+    serial_port: str | None
+    baudrate: int
+    socket: Path | None
+    stdin: bool
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """A whole station file."""
+
+    source: Path
+    node: NodeConfig
+    mqtt: MqttConfig
+    station: StationSection
+    hardware: dict[str, HardwareConfig]
+    console: ConsoleConfig
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One personalisation option of a product (colour, engraved text, ...)."""
+
+    name: str
+    kind: str
+    choices: tuple[str, ...] = ()
+    max_length: int = 0
+    charset: str = ""
+    minimum: int | None = None
+    maximum: int | None = None
+    default: str | int | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Product:
+    id: str
+    title: str
+    route: tuple[str, ...]
+    options: dict[str, OptionSpec]
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    """The line file: products, their routes and the keys that sign orders."""
+
+    source: Path
+    id: str
+    title: str
+    products: dict[str, Product]
+    order_keys: dict[str, bytes]
+    order_max_age_s: int
+
+
+# ---------------------------------------------------------------- reading
+
+class Section:
+    """Typed, bounded getters over one table; records issues instead of raising."""
+
+    def __init__(self, doc: Document, path: tuple[str, ...], data: Any):
+        self.doc = doc
+        self.path = path
+        self.name = ".".join(path)
+        if not isinstance(data, dict):
+            doc.issue(path, "", f"must be a table, not {_type_name(data)}")
+            data = {}
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def issue(self, key: str, message: str) -> None:
+        self.doc.issue(self.path + ((key,) if key else ()), key, message, section=self.name)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def _raw(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                self.issue(key, "is required")
+            return _REQUIRED
+        return self.data[key]
+
+    def get(self, key: str, types: tuple[type, ...], what: str, default: Any = _REQUIRED) -> Any:
+        value = self._raw(key, default)
+        if value is _REQUIRED:
+            return None if default is _REQUIRED else default
+        if isinstance(value, bool) and bool not in types:
+            self.issue(key, f"must be {what}, not a boolean ({value!r})")
+            return None if default is _REQUIRED else default
+        if not isinstance(value, types):
+            self.issue(key, f"must be {what}, not {_type_name(value)} ({value!r})")
+            return None if default is _REQUIRED else default
+        return value
+
+    def get_str(self, key: str, default: Any = _REQUIRED, choices: Iterable[str] | None = None,
+                pattern: re.Pattern[str] | None = None, rule: str = "") -> Any:
+        value = self.get(key, (str,), "a string", default)
+        if not isinstance(value, str) or value == default:
+            return value
+        if choices is not None:
+            choices = tuple(choices)
+            if value not in choices:
+                self.issue(key, f"{value!r} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}")
+                return None if default is _REQUIRED else default
+        if pattern is not None and not pattern.match(value):
+            self.issue(key, f"{value!r} is not a valid name ({rule})")
+            return None if default is _REQUIRED else default
+        return value
+
+    def get_int(self, key: str, default: Any = _REQUIRED, minval: int | None = None,
+                maxval: int | None = None) -> Any:
+        value = self.get(key, (int,), "an integer", default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return value
+        if (minval is not None and value < minval) or (maxval is not None and value > maxval):
+            self.issue(key, f"{value} is out of range {_range(minval, maxval)}")
+            return None if default is _REQUIRED else default
+        return value
+
+    def get_bool(self, key: str, default: Any = _REQUIRED) -> Any:
+        return self.get(key, (bool,), "true or false", default)
+
+    def get_path(self, key: str, default: Any = _REQUIRED) -> Path | None:
+        value = self.get_str(key, default)
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            self.issue(key, "must not be empty")
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.doc.base / path)
+
+    def get_str_list(self, key: str, default: Any = _REQUIRED) -> Any:
+        value = self.get(key, (list,), "a list of strings", default)
+        if not isinstance(value, list):
+            return value
+        bad = [v for v in value if not isinstance(v, str)]
+        if bad:
+            self.issue(key, f"must be a list of strings; {bad[0]!r} is {_type_name(bad[0])}")
+            return None if default is _REQUIRED else default
+        return value
+
+    def table(self, key: str) -> dict[str, Any]:
+        value = self.get(key, (dict,), "a table", {})
+        return value if isinstance(value, dict) else {}
+
+    def finish(self, extra_allowed: Iterable[str] = ()) -> None:
+        """Reject keys nobody asked for, with a "did you mean" from the keys that were."""
+        known = self.used | set(extra_allowed)
+        for key in self.data:
+            if key not in known:
+                self.issue(key, f"unknown key{_did_you_mean(key, sorted(known))}")
+
+
+class Document:
+    """One TOML file being read: its source, its base directory and the issues found."""
+
+    def __init__(self, source: TomlSource, base: Path):
+        self.source = source
+        self.base = base
+        self.issues: list[ConfigIssue] = []
+
+    def issue(self, path: tuple[str, ...], key: str, message: str, section: str | None = None) -> None:
+        if section is None:
+            section = ".".join(path[:-1]) if key else ".".join(path)
+        self.issues.append(ConfigIssue(self.source.name, self.source.line_of(path), section, key, message))
+
+    def section(self, *path: str, required: bool = True) -> Section:
+        data: Any = self.source.data
+        for part in path:
+            data = data.get(part) if isinstance(data, dict) else None
+        if data is None:
+            if required:
+                self.issue(path, "", "section is missing", section=".".join(path))
+            data = {}
+        return Section(self, tuple(path), data)
+
+    def finish_top(self, allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        for key in self.source.data:
+            if key not in allowed:
+                self.issue((key,), "", f"unknown section{_did_you_mean(key, allowed)}", section=key)
+
+    def raise_if_issues(self) -> None:
+        if self.issues:
+            self.issues.sort(key=lambda i: i.line)
+            raise ConfigError(self.issues)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _range(lo: int | None, hi: int | None) -> str:
+    return f"{'-inf' if lo is None else lo}..{'inf' if hi is None else hi}"
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def open_document(path: str | Path) -> Document:
+    """Read and parse a file; unreadable files and TOML syntax errors raise ConfigError."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(name, 0, "", "", "file not found")], unreadable=True) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigIssue(name, 0, "", "", "is a directory, not a file")], unreadable=True) from None
+    except PermissionError:
+        raise ConfigError([ConfigIssue(name, 0, "", "", "permission denied")], unreadable=True) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(name, 1, "", "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")],
+                          unreadable=True) from None
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(name, 0, "", "", exc.strerror or str(exc))], unreadable=True) from None
+    source = TomlSource.parse(name, text)
+    doc = Document(source, p.resolve().parent)
+    if source.error:
+        doc.issues.append(ConfigIssue(name, source.error_line, "", "", f"TOML syntax error: {source.error}"))
+        raise ConfigError(doc.issues)
+    return doc
+
+
+# ---------------------------------------------------------------- pins
+
+def parse_pin(value: Any) -> tuple[int | None, str]:
+    """A gpiozero pin spec (17, "GPIO17", "BCM17", "BOARD11", "J8:11") -> (BCM number, error)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None, f"must be a BCM number or a name like \"GPIO17\" or \"BOARD11\", not {_type_name(value)}"
+    if isinstance(value, int):
+        return (value, "") if 0 <= value <= 27 else (None, f"GPIO{value} does not exist (BCM 0..27)")
+    text = value.strip().upper()
+    m = re.fullmatch(r"(GPIO|BCM|BOARD|J8:|WPI)?(\d+)", text)
+    if not m:
+        return None, f"{value!r} is not a pin name (use 17, \"GPIO17\", \"BCM17\" or \"BOARD11\")"
+    prefix, number = m.group(1) or "GPIO", int(m.group(2))
+    if prefix in ("GPIO", "BCM"):
+        return (number, "") if 0 <= number <= 27 else (None, f"{value!r} does not exist (BCM 0..27)")
+    if prefix == "WPI":
+        return None, f"{value!r}: WiringPi numbers are not supported; use the BCM number"
+    if number in POWER_PINS:
+        return None, f"{value!r} is a {POWER_PINS[number]} pin, not a GPIO"
+    if number not in BOARD_TO_BCM:
+        return None, f"{value!r} does not exist (header pins 1..40)"
+    return BOARD_TO_BCM[number], ""
+
+
+# ---------------------------------------------------------------- station file
+
+def load_station(path: str | Path) -> StationConfig:
+    """Load and validate a station file; raises ConfigError listing every issue."""
+    doc = open_document(path)
+    node = _read_node(doc)
+    mqtt = _read_mqtt(doc, node)
+    station = _read_station(doc)
+    hardware = _read_hardware(doc)
+    console = _read_console(doc, hardware)
+    doc.finish_top(("node", "mqtt", "station", "hardware", "console"))
+    doc.raise_if_issues()
+    return StationConfig(Path(path), node, mqtt, station, hardware, console)
+
+
+def _read_node(doc: Document) -> NodeConfig:
+    s = doc.section("node")
+    node_id = s.get_str("id", pattern=NAME_RE, rule=NAME_RULE)
+    line = s.get_str("line", pattern=NAME_RE, rule=NAME_RULE)
+    data_dir = s.get_path("data_dir", "data")
+    line_file = s.get_path("line_file", "line.toml")
+    level = s.get_str("log_level", "info", choices=LOG_LEVELS)
+    s.finish()
+    return NodeConfig(node_id or "", line or "", data_dir or doc.base / "data",
+                      line_file or doc.base / "line.toml", level)
+
+
+def _read_mqtt(doc: Document, node: NodeConfig) -> MqttConfig:
+    s = doc.section("mqtt", required=False)
+    enabled = s.get_bool("enabled", True)
+    host = s.get_str("host", "localhost")
+    if isinstance(host, str) and not host.strip():
+        s.issue("host", "must not be empty")
+    port = s.get_int("port", 1883, 1, 65535)
+    username = s.get_str("username", node.id or None)
+    password_file = s.get_path("password_file", None)
+    tls = s.get_bool("tls", False)
+    ca_file = s.get_path("ca_file", None)
+    keepalive = s.get_int("keepalive", 15, 5, 600)
+    if ca_file is not None and tls is False:
+        s.issue("ca_file", "is set but tls = false; set tls = true to use it")
+    s.finish()
+    return MqttConfig(bool(enabled), host or "localhost", port or 1883, username, password_file,
+                      bool(tls), ca_file, keepalive or 15)
+
+
+def _read_station(doc: Document) -> StationSection:
+    s = doc.section("station")
+    kind = s.get_str("kind", choices=STATION_KINDS)
+    title = s.get_str("title", kind or "")
+    options = None
+    if kind:
+        try:
+            module = importlib.import_module(f"stations.{kind}")
+        except ImportError:
+            module = None
+        reader = getattr(module, "read_config", None)
+        if reader is not None:
+            options = reader(s)
+    s.finish()
+    return StationSection(kind or "", title or "", options)
+
+
+def _read_hardware(doc: Document) -> dict[str, HardwareConfig]:
+    top = doc.source.data.get("hardware", {})
+    if not isinstance(top, dict):
+        doc.issue(("hardware",), "", "must be a table of devices, e.g. [hardware.conveyor]", section="hardware")
+        return {}
+    devices: dict[str, HardwareConfig] = {}
+    pins: dict[int, str] = {}
+    ports: dict[str, str] = {}
+    for name in top:
+        s = doc.section("hardware", name)
+        if not NAME_RE.match(name):
+            s.issue("", f"device name {name!r} is not valid ({NAME_RULE})")
+        device = _read_device(s, name)
+        if device is None:
+            continue
+        devices[name] = device
+        if device.pin is not None:
+            if device.pin in pins:
+                s.issue("pin", f"GPIO{device.pin} is already used by [hardware.{pins[device.pin]}]")
+            pins.setdefault(device.pin, name)
+        if device.port is not None:
+            if device.port in ports:
+                s.issue("port", f"{device.port} is already used by [hardware.{ports[device.port]}]")
+            ports.setdefault(device.port, name)
+    return devices
+
+
+def _read_device(s: Section, name: str) -> HardwareConfig | None:
+    kind = s.get_str("type", choices=HARDWARE_TYPES)
+    if kind is None:
+        s.finish(s.data.keys())
+        return None
+    fields: dict[str, Any] = {}
+    if kind in ("digital_output", "digital_input", "emergency_stop", "door_interlock"):
+        raw = s._raw("pin", _REQUIRED)
+        if raw is not _REQUIRED:
+            pin, error = parse_pin(raw)
+            if error:
+                s.issue("pin", error)
+            fields["pin"] = pin
+    if kind == "digital_output":
+        fields["active_high"] = s.get_bool("active_high", True)
+        safe = s.get_str("safe_state", choices=("off", "on"))
+        fields["safe_state"] = None if safe is None else safe == "on"
+    elif kind in ("digital_input", "emergency_stop", "door_interlock"):
+        fields["pull_up"] = s.get_bool("pull_up", True)
+        fields["bounce_ms"] = s.get_int("bounce_ms", 20, 0, 1000)
+    elif kind == "serial":
+        fields["port"] = s.get_str("port")
+        fields["baudrate"] = s.get_int("baudrate", 115200, 300, 4_000_000)
+        fields["protocol"] = s.get_str("protocol", "raw", choices=SERIAL_PROTOCOLS)
+    elif kind == "camera":
+        fields["source"] = s.get_str("source", "picamera2", choices=CAMERA_SOURCES)
+        fields["path"] = s.get_path("path", None)
+        if fields["source"] == "file" and fields["path"] is None:
+            s.issue("path", "is required when source = \"file\" (a directory of images)")
+        res = s.get("resolution", (list,), "a list [width, height]", None)
+        if res is not None:
+            if len(res) == 2 and all(isinstance(v, int) and 16 <= v <= 8192 for v in res):
+                fields["resolution"] = (res[0], res[1])
+            else:
+                s.issue("resolution", f"must be [width, height] with each 16..8192, not {res!r}")
+    elif kind == "scanner":
+        fields["source"] = s.get_str("source", "serial", choices=SCANNER_SOURCES)
+        if fields["source"] == "serial":
+            fields["port"] = s.get_str("port")
+            fields["baudrate"] = s.get_int("baudrate", 9600, 300, 4_000_000)
+        else:
+            fields["path"] = s.get_path("path")
+    s.finish()
+    return HardwareConfig(name=name, type=kind, **{k: v for k, v in fields.items() if v is not None})
+
+
+def _read_console(doc: Document, hardware: dict[str, HardwareConfig]) -> ConsoleConfig:
+    s = doc.section("console", required=False)
+    enabled = s.get_bool("enabled", True)
+    serial_port = s.get_str("serial_port", None)
+    baudrate = s.get_int("baudrate", 115200, 300, 4_000_000)
+    socket = s.get_path("socket", None)
+    stdin = s.get_bool("stdin", False)
+    if serial_port:
+        for dev in hardware.values():
+            if dev.port == serial_port:
+                s.issue("serial_port", f"{serial_port} is already used by [hardware.{dev.name}]")
+    s.finish()
+    return ConsoleConfig(bool(enabled), serial_port, baudrate or 115200, socket, bool(stdin))
+
+
+# ---------------------------------------------------------------- line file
+
+def load_line(path: str | Path) -> LineConfig:
+    """Load and validate a line file (products, routes, order keys)."""
+    doc = open_document(path)
+    s = doc.section("line")
+    line_id = s.get_str("id", pattern=NAME_RE, rule=NAME_RULE)
+    title = s.get_str("title", line_id or "")
+    s.finish()
+    keys, max_age = _read_orders(doc)
+    products: dict[str, Product] = {}
+    table = doc.source.data.get("products")
+    if not isinstance(table, dict) or not table:
+        doc.issue(("products",), "", "at least one product is required, e.g. [products.stand]", section="products")
+        table = {}
+    for pid in table:
+        product = _read_product(doc, pid)
+        if product is not None:
+            products[pid] = product
+    doc.finish_top(("line", "orders", "products"))
+    doc.raise_if_issues()
+    return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0)
+
+
+def _read_orders(doc: Document) -> tuple[dict[str, bytes], int]:
+    s = doc.section("orders")
+    max_age_days = s.get_int("max_age_days", 30, 1, 3650)
+    raw_keys = s.table("keys")
+    keys: dict[str, bytes] = {}
+    for kid, value in raw_keys.items():
+        ks = Section(doc, ("orders", "keys"), raw_keys)
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", kid):
+            ks.issue(kid, "key id must be 1-16 characters of letters, digits, '-' and '_'")
+            continue
+        if not isinstance(value, str):
+            ks.issue(kid, f"must be a base64 Ed25519 public key string, not {_type_name(value)}")
+            continue
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            ks.issue(kid, "is not valid base64")
+            continue
+        if len(raw) != 32:
+            ks.issue(kid, f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+            continue
+        keys[kid] = raw
+    if not raw_keys:
+        s.issue("keys", "at least one public key is required to verify orders ([orders.keys] id = \"base64\")")
+    s.finish()
+    return keys, (max_age_days or 30) * 86400
+
+
+def _read_product(doc: Document, pid: str) -> Product | None:
+    s = doc.section("products", pid)
+    if not NAME_RE.match(pid):
+        s.issue("", f"product id {pid!r} is not valid ({NAME_RULE})")
+    title = s.get_str("title", pid)
+    route = s.get_str_list("route")
+    if route is not None:
+        if not route:
+            s.issue("route", "must name at least one station kind")
+        for kind in route:
+            if kind not in STATION_KINDS:
+                s.issue("route", f"{kind!r} is not a station kind ({', '.join(STATION_KINDS)})"
+                                 f"{_did_you_mean(kind, STATION_KINDS)}")
+        if len(set(route)) != len(route):
+            s.issue("route", "names a station kind twice")
+    options: dict[str, OptionSpec] = {}
+    for name in s.table("options"):
+        spec = _read_option(doc, pid, name)
+        if spec is not None:
+            options[name] = spec
+    s.finish()
+    return Product(pid, title or pid, tuple(route or ()), options)
+
+
+def _read_option(doc: Document, pid: str, name: str) -> OptionSpec | None:
+    s = doc.section("products", pid, "options", name)
+    kind = s.get_str("type", choices=OPTION_KINDS)
+    required = s.get_bool("required", False)
+    spec: dict[str, Any] = {}
+    if kind == "choice":
+        choices = s.get_str_list("choices")
+        if choices is not None and not choices:
+            s.issue("choices", "must list at least one choice")
+        spec["choices"] = tuple(choices or ())
+        default = s.get_str("default", None)
+        if default is not None and choices and default not in choices:
+            s.issue("default", f"{default!r} is not one of the choices")
+        spec["default"] = default
+    elif kind == "text":
+        spec["max_length"] = s.get_int("max_length", 20, 1, 200)
+        spec["charset"] = s.get_str("charset", "")
+        spec["default"] = s.get_str("default", None)
+    elif kind == "integer":
+        spec["minimum"] = s.get_int("minimum", None)
+        spec["maximum"] = s.get_int("maximum", None)
+        spec["default"] = s.get_int("default", None)
+    s.finish()
+    if kind is None:
+        return None
+    return OptionSpec(name=name, kind=kind, required=bool(required),
+                      **{k: v for k, v in spec.items() if v is not None})
+
+
+def load_any(path: str | Path) -> StationConfig | LineConfig:
+    """Load a station file or a line file, telling them apart by their sections."""
+    doc = open_document(path)
+    if "line" in doc.source.data or "products" in doc.source.data:
+        return load_line(path)
+    return load_station(path)
+
+
+__all__ = [
+    "ConfigError", "ConfigIssue", "StationConfig", "LineConfig", "Product", "OptionSpec",
+    "HardwareConfig", "NodeConfig", "MqttConfig", "ConsoleConfig", "StationSection",
+    "load_station", "load_line", "load_any", "parse_pin", "STATION_KINDS",
+]

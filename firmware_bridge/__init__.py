@@ -1,0 +1,1 @@
+"""Host side of every serial device: own framed protocol, GRBL, Marlin; simulators."""

@@ -1,0 +1,34 @@
+"""fabrique-edge: offline-first edge controller for a mobile production line."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fabrique-edge",
+    version="0.1.0",
+    description="Offline-first edge controller for a production line in a truck trailer",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["edge", "edge.*", "firmware_bridge", "firmware_bridge.*", "stations", "stations.*"]),
+    package_data={"firmware_bridge": ["firmware/*.c", "firmware/*.h", "firmware/Makefile", "sim/*.c"]},
+    install_requires=[
+        "gpiozero>=2.0",
+        "paho-mqtt>=2.0",
+        "pyserial>=3.5",
+        "tinydb>=4.8",
+        "cryptography>=41",
+        "segno>=1.5",
+        "zxing-cpp>=2.2",
+        "pillow>=10",
+    ],
+    extras_require={
+        "pi": ["picamera2", "lgpio"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["edge = edge.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: System :: Hardware",
+    ],
+)

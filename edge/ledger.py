@@ -1,0 +1,312 @@
+"""Job events, their fold to job state, and the merge of two ledgers. Pure: no I/O.
+
+An event is `{id: "<node>:<seq>", job, type, station, hlc, data}`. Job state is a fold of
+the job's events sorted by (hlc, id); merging ledgers is a set union keyed by id. So replay,
+duplicates and any delivery order give the same state on every node.
+
+Conflicts are resolved by one rule, the lowest (hlc, id) wins, and are listed in the job
+state (`JobState.conflicts`) so the line sees them:
+- `duplicate_launch`: the same order was launched twice (two intakes, offline);
+- `step_contention`: a step was started by a second station while the first held it;
+- `event_after_close`: a step event arrived for a job already cancelled or completed;
+- `step_repeated`: a step was started again after it was done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.clock import Timestamp
+
+EVENT_TYPES = ("created", "step_started", "step_done", "step_failed", "step_skipped",
+               "override", "cancelled", "completed", "note")
+STEP_TYPES = ("step_started", "step_done", "step_failed", "step_skipped")
+STEP_STATUSES = ("pending", "running", "done", "failed", "skipped")
+CLOSED = ("completed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One fact recorded by one node. `station` is the station kind of the recording node."""
+
+    id: str
+    job: str
+    type: str
+    station: str
+    hlc: Timestamp
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def origin(self) -> str:
+        """The node that recorded the event (the part of the id before the last ':')."""
+        return self.id.rpartition(":")[0]
+
+    @property
+    def seq(self) -> int:
+        """The origin's sequence number of the event (1, 2, 3... per node)."""
+        return int(self.id.rpartition(":")[2])
+
+    @property
+    def key(self) -> tuple[Timestamp, str]:
+        """The sort key of the ledger: (hlc, id)."""
+        return (self.hlc, self.id)
+
+    @property
+    def step(self) -> str:
+        """The route step a step event is about: `data["step"]`, else the station kind."""
+        step = self.data.get("step")
+        return step if isinstance(step, str) and step else self.station
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "job": self.job, "type": self.type, "station": self.station,
+                "hlc": self.hlc.to_json(), "data": dict(self.data)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Event:
+        """Parse and check one event; raises ValueError naming what is wrong."""
+        if not isinstance(value, Mapping):
+            raise ValueError("an event is a JSON object")
+        for name in ("id", "job", "type", "station"):
+            if not isinstance(value.get(name), str) or not value[name]:
+                raise ValueError(f"event field {name!r} must be a non-empty string")
+        origin, sep, seq = value["id"].rpartition(":")
+        if not sep or not origin or not seq.isdigit() or seq.startswith("0"):
+            raise ValueError(f"event id {value['id']!r} is not '<node>:<seq>'")
+        if value["type"] not in EVENT_TYPES:
+            raise ValueError(f"event type {value['type']!r} is not one of {', '.join(EVENT_TYPES)}")
+        data = value.get("data", {})
+        if not isinstance(data, Mapping):
+            raise ValueError("event field 'data' must be an object")
+        return cls(value["id"], value["job"], value["type"], value["station"],
+                   Timestamp.from_json(value.get("hlc")), dict(data))
+
+    def canonical(self) -> str:
+        """A byte-stable JSON form, used to break ties between two events with one id."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+
+def event_id(node: str, seq: int) -> str:
+    return f"{node}:{seq}"
+
+
+# ---------------------------------------------------------------- merge
+
+def merge(*ledgers: Iterable[Event]) -> dict[str, Event]:
+    """Set union of ledgers, keyed by event id. Commutative, associative, idempotent.
+
+    Two different events carrying one id should never exist (ids are per node); if they
+    do, the one with the smaller canonical JSON is kept, so every node keeps the same one.
+    """
+    out: dict[str, Event] = {}
+    for ledger in ledgers:
+        for ev in ledger:
+            have = out.get(ev.id)
+            if have is None or (have != ev and ev.canonical() < have.canonical()):
+                out[ev.id] = ev
+    return out
+
+
+def ordered(events: Iterable[Event]) -> list[Event]:
+    """Events deduplicated by id and sorted by (hlc, id): the ledger's one true order."""
+    return sorted(merge(events).values(), key=lambda e: e.key)
+
+
+# ---------------------------------------------------------------- fold
+
+@dataclass
+class Conflict:
+    """A disagreement between stations, resolved by the lowest (hlc, id), kept visible."""
+
+    kind: str
+    winner: str
+    loser: str
+    step: str = ""
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "winner": self.winner, "loser": self.loser,
+                "step": self.step, "detail": self.detail}
+
+
+@dataclass
+class StepState:
+    """One route step of a job: which station kind, its status and who holds it."""
+
+    step: str
+    status: str = "pending"
+    node: str = ""
+    started_by: str = ""
+    attempts: int = 0
+    reason: str = ""
+    on_route: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "status": self.status, "node": self.node,
+                "attempts": self.attempts, "reason": self.reason, "on_route": self.on_route}
+
+
+@dataclass
+class JobState:
+    """The folded state of one job. `status` is one of:
+
+    unknown (events seen, no `created` yet), waiting, in_progress, failed, done (every step
+    done or skipped), completed (handed over), cancelled.
+    """
+
+    job: str
+    status: str = "unknown"
+    product: str = ""
+    order: dict[str, Any] = field(default_factory=dict)
+    steps: list[StepState] = field(default_factory=list)
+    created_by: str = ""
+    conflicts: list[Conflict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    events: int = 0
+    last_hlc: Timestamp | None = None
+    closed_by: str = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self.status not in CLOSED
+
+    @property
+    def next_step(self) -> str | None:
+        """The first route step still to do (pending or failed), or None."""
+        for s in self.steps:
+            if s.on_route and s.status in ("pending", "failed"):
+                return s.step
+        return None
+
+    def step(self, name: str) -> StepState | None:
+        return next((s for s in self.steps if s.step == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job, "status": self.status, "product": self.product, "order": self.order,
+                "steps": [s.to_json() for s in self.steps], "next_step": self.next_step,
+                "created_by": self.created_by, "closed_by": self.closed_by,
+                "conflicts": [c.to_json() for c in self.conflicts], "notes": list(self.notes),
+                "events": self.events, "last_hlc": self.last_hlc.to_json() if self.last_hlc else None}
+
+
+def fold(job: str, events: Iterable[Event]) -> JobState:
+    """The state of `job` from its events, in any order, with any duplicates."""
+    state = JobState(job)
+    created: Event | None = None
+    closed = False
+    for ev in ordered(e for e in events if e.job == job):
+        state.events += 1
+        state.last_hlc = ev.hlc
+        if ev.type == "created":
+            if created is None:
+                created = ev
+                _apply_created(state, ev)
+            else:
+                state.conflicts.append(Conflict("duplicate_launch", created.id, ev.id,
+                                                detail=f"also launched by {ev.origin}"))
+        elif ev.type == "note":
+            text = ev.data.get("text", "")
+            state.notes.append(f"{ev.origin}: {text}")
+        elif ev.type in CLOSED:
+            if not closed:
+                closed = True
+                state.status = ev.type
+                state.closed_by = ev.id
+        elif ev.type == "override":
+            _apply_override(state, ev)
+        elif closed:
+            state.conflicts.append(Conflict("event_after_close", state.closed_by, ev.id, ev.step,
+                                            f"{ev.type} after the job was {state.status}"))
+        else:
+            _apply_step(state, ev)
+    if not closed:
+        state.status = _status(state, created is not None)
+    return state
+
+
+def fold_all(events: Iterable[Event]) -> dict[str, JobState]:
+    """Every job's state from a mixed bag of events."""
+    by_job: dict[str, list[Event]] = {}
+    for ev in events:
+        by_job.setdefault(ev.job, []).append(ev)
+    return {job: fold(job, evs) for job, evs in sorted(by_job.items())}
+
+
+def _apply_created(state: JobState, ev: Event) -> None:
+    state.created_by = ev.id
+    state.product = str(ev.data.get("product", ""))
+    order = ev.data.get("order")
+    state.order = dict(order) if isinstance(order, Mapping) else {}
+    route = ev.data.get("route")
+    route = [r for r in route if isinstance(r, str)] if isinstance(route, list) else []
+    seen = {s.step: s for s in state.steps}
+    steps = [seen.pop(r, StepState(r)) for r in dict.fromkeys(route)]
+    for s in steps:
+        s.on_route = True
+    for s in seen.values():
+        s.on_route = False
+    state.steps = steps + list(seen.values())
+
+
+def _step(state: JobState, name: str) -> StepState:
+    found = state.step(name)
+    if found is None:
+        found = StepState(name, on_route=False)  # `created` puts route steps on the route
+        state.steps.append(found)
+    return found
+
+
+def _apply_step(state: JobState, ev: Event) -> None:
+    step = _step(state, ev.step)
+    node = ev.origin
+    if ev.type == "step_started":
+        if step.status == "running" and step.node != node:
+            state.conflicts.append(Conflict("step_contention", step.started_by, ev.id, step.step,
+                                            f"{node} started {step.step} while {step.node} held it"))
+            return
+        if step.status == "done":
+            state.conflicts.append(Conflict("step_repeated", step.started_by or step.node, ev.id, step.step,
+                                            f"{node} started {step.step} after it was done"))
+            return
+        if step.status != "running":
+            step.attempts += 1
+        step.status, step.node, step.started_by, step.reason = "running", node, ev.id, ""
+    elif ev.type == "step_done":
+        step.status, step.node, step.reason = "done", node, ""
+    elif ev.type == "step_failed":
+        if step.status == "done":
+            state.conflicts.append(Conflict("step_repeated", step.started_by or step.node, ev.id, step.step,
+                                            f"{node} reported {step.step} failed after it was done"))
+            return
+        step.status, step.node = "failed", node
+        step.reason = str(ev.data.get("reason", ""))
+    elif ev.type == "step_skipped":
+        step.status, step.node = "skipped", node
+        step.reason = str(ev.data.get("reason", ""))
+
+
+def _apply_override(state: JobState, ev: Event) -> None:
+    """An operator's word is final: `data = {step, to: <step status>, reason}`."""
+    to = ev.data.get("to")
+    if to not in STEP_STATUSES:
+        return
+    step = _step(state, ev.step)
+    step.status, step.node = to, ev.origin
+    step.reason = f"override: {ev.data.get('reason', '')}".rstrip(": ")
+    if to == "running":
+        step.started_by = ev.id
+
+
+def _status(state: JobState, created: bool) -> str:
+    if not created:
+        return "unknown"
+    route = [s for s in state.steps if s.on_route]
+    if any(s.status == "failed" for s in route):
+        return "failed"
+    if route and all(s.status in ("done", "skipped") for s in route):
+        return "done"
+    if any(s.status != "pending" for s in state.steps):
+        return "in_progress"
+    return "waiting"

@@ -1,0 +1,571 @@
+"""The node's ledger on disk: TinyDB over crash-safe files, a small hot set and an archive.
+
+Layout of a node's data dir:
+
+    hot.db            the hot set, a TinyDB database: open jobs' events, the outbox and the
+                      node's own state (next seq, HLC, version vector). Written whole on every
+                      change, atomically: temp file + fsync + rename + fsync of the dir. The
+                      file carries a generation number, its length and a CRC-32.
+    hot.db.prev       the previous generation (the last good state if hot.db is damaged)
+    archive/seg-NNNNNN.jsonl  closed jobs, append-only, one CRC-checked line per record
+    corrupt/          damaged copies kept aside by recovery, for a post-mortem
+    lock              held (flock) by the one process that writes
+
+A write costs the size of the hot set, not of the history: closed jobs move to the archive.
+Recovery never refuses to boot: a truncated, zero-filled or garbage-tailed hot.db falls back
+to the newest valid generation; a damaged archive tail is cut off; bad copies are kept aside
+and logged.
+
+The API the MQTT sync builds on: `append` (local event: seq, HLC, outbox), `ingest` (remote
+events: idempotent, deduplicated by id), `outbox_peek` / `outbox_ack`, `vector` (highest
+contiguous seq per origin) and `events_since(vector)` for anti-entropy, `job` / `open_jobs`
+for state, `archive_closed` to move finished jobs out of the hot set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinydb import TinyDB
+from tinydb.storages import Storage
+
+from edge.clock import HybridClock, Observation, Timestamp
+from edge.ledger import Event, JobState, event_id, fold, merge
+
+log = logging.getLogger(__name__)
+
+HOT_FILE = "hot.db"
+MAGIC = b"FABRIQUE-HOT"
+SEGMENT_RECORDS = 1000
+Wall = Callable[[], int]
+
+
+class StoreBusy(RuntimeError):
+    """Another process already writes this data dir."""
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _keep_aside(path: Path, why: str) -> Path:
+    """Copy a damaged file to corrupt/ (never overwrite an earlier copy) and log it."""
+    aside_dir = path.parent / "corrupt" if path.parent.name != "archive" else path.parent.parent / "corrupt"
+    aside_dir.mkdir(exist_ok=True)
+    aside = aside_dir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 10**9:09d}"
+    aside.write_bytes(path.read_bytes())
+    log.warning("%s is damaged (%s); copy kept at %s", path, why, aside)
+    return aside
+
+
+# ---------------------------------------------------------------- hot set
+
+def _parse_hot(blob: bytes) -> tuple[int, dict[str, Any], int]:
+    """(generation, tables, stray tail bytes) of a hot file; raises ValueError if unusable."""
+    head, sep, rest = blob.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 5 or parts[0] != MAGIC or parts[1] != b"1":
+        raise ValueError("no valid header" if blob.strip(b"\0") else "file is empty or zero-filled")
+    try:
+        gen, length, crc = (int(parts[2][4:]), int(parts[3][4:]), int(parts[4][4:], 16))
+    except ValueError:
+        raise ValueError("header fields are not numbers") from None
+    body = rest[:length]
+    if len(body) < length:
+        raise ValueError(f"truncated: {len(body)} of {length} bytes")
+    if zlib.crc32(body) != crc:
+        raise ValueError("checksum mismatch")
+    tables = json.loads(body)
+    if not isinstance(tables, dict):
+        raise ValueError("body is not a table map")
+    return gen, tables, len(rest) - length
+
+
+class HotStorage(Storage):
+    """TinyDB storage: the hot set lives in memory and is written whole, atomically.
+
+    Inside `transaction()` TinyDB's writes only touch memory; the file is written once
+    when the outermost transaction ends, so one ledger change is one durable write.
+    """
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = path
+        self.readonly = readonly
+        self.recovery: list[str] = []
+        self.generation, self._data = self._recover()
+        self._depth = 0
+        self._dirty = False
+
+    def read(self) -> dict[str, Any]:
+        return self._data
+
+    def write(self, data: dict[str, Any]) -> None:
+        self._data = data
+        self._dirty = True
+        if self._depth == 0:
+            self.flush()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._dirty:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the hot set: temp file, fsync, keep the old one as .prev, rename, fsync dir."""
+        if self.readonly:
+            raise PermissionError("store opened read-only")
+        body = _dumps(self._data).encode()
+        gen = self.generation + 1
+        head = b"%s 1 gen=%d len=%d crc=%08x\n" % (MAGIC, gen, len(body), zlib.crc32(body))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(head + body)
+            f.flush()
+            os.fsync(f.fileno())
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(self.path.name + ".prev"))
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self.generation, self._dirty = gen, False
+
+    def _recover(self) -> tuple[int, dict[str, Any]]:
+        """The newest valid generation among hot.db, its .tmp and its .prev."""
+        best: tuple[int, dict[str, Any], Path] | None = None
+        for suffix in ("", ".tmp", ".prev"):
+            path = self.path.with_name(self.path.name + suffix)
+            if not path.exists():
+                continue
+            blob = path.read_bytes()
+            try:
+                gen, tables, tail = _parse_hot(blob)
+            except ValueError as exc:
+                if suffix != ".tmp":  # a torn temp file is the normal trace of a crash
+                    self._note(path, str(exc))
+                continue
+            if tail:
+                self._note(path, f"{tail} stray bytes after the last good state")
+            if best is None or gen > best[0]:
+                best = (gen, tables, path)
+        if best is None:
+            if self.recovery:
+                log.error("no valid hot set in %s; starting empty", self.path.parent)
+            return 0, {}
+        if best[2] != self.path or self.recovery:
+            self.recovery.append(f"recovered generation {best[0]} from {best[2].name}")
+            log.warning("hot set recovered: generation %d from %s", best[0], best[2].name)
+        return best[0], best[1]
+
+    def _note(self, path: Path, why: str) -> None:
+        self.recovery.append(f"{path.name}: {why}")
+        if self.readonly:
+            log.warning("%s is damaged (%s)", path, why)
+        else:
+            _keep_aside(path, why)
+
+
+# ---------------------------------------------------------------- archive
+
+class Archive:
+    """Closed jobs, append-only: `archive/seg-NNNNNN.jsonl`, lines `crc<TAB>job<TAB>record`."""
+
+    def __init__(self, root: Path, readonly: bool = False):
+        self.root = root
+        self.readonly = readonly
+        self.recovery: list[str] = []
+        self._index: dict[str, list[tuple[Path, int]]] | None = None
+        self.tail_jobs: set[str] = set()
+        if not readonly:
+            root.mkdir(parents=True, exist_ok=True)
+        self.segments = sorted(root.glob("seg-*.jsonl")) if root.exists() else []
+        self._tail_count = self._check_tail() if self.segments else 0
+
+    def _check_tail(self) -> int:
+        """Validate the last segment; cut a torn or garbage tail. Returns its record count."""
+        path = self.segments[-1]
+        blob = path.read_bytes()
+        good, count = 0, 0
+        for line in blob.splitlines(keepends=True):
+            job = _parse_line(line)
+            if job is None:
+                break
+            good += len(line)
+            count += 1
+            self.tail_jobs.add(job)
+        if good < len(blob):
+            why = f"{len(blob) - good} bad bytes after record {count}"
+            self.recovery.append(f"{path.name}: {why}")
+            if self.readonly:
+                log.warning("%s: %s", path, why)
+            else:
+                _keep_aside(path, why)
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+        return count
+
+    def append(self, records: list[tuple[str, dict[str, Any]]], sync: bool = True) -> None:
+        """Append (job, record) pairs in one write; durable on return when `sync`."""
+        if not records:
+            return
+        if not self.segments or self._tail_count >= SEGMENT_RECORDS:
+            self.segments.append(self.root / f"seg-{len(self.segments) + 1:06d}.jsonl")
+            self._tail_count, self.tail_jobs = 0, set()
+        path = self.segments[-1]
+        new = not path.exists()
+        with open(path, "ab") as f:
+            offset = f.tell()
+            for job, record in records:
+                payload = f"{_dumps(job)}\t{_dumps(record)}".encode()
+                line = b"%08x\t%s\n" % (zlib.crc32(payload), payload)
+                f.write(line)
+                if self._index is not None:
+                    self._index.setdefault(job, []).append((path, offset))
+                offset += len(line)
+                self.tail_jobs.add(job)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        if new and sync:
+            _fsync_dir(self.root)
+        self._tail_count += len(records)
+
+    def has(self, job: str) -> bool:
+        return job in self.tail_jobs or job in self.index()
+
+    def index(self) -> dict[str, list[tuple[Path, int]]]:
+        """job -> where its records are; built on first use by reading every segment once."""
+        if self._index is None:
+            index: dict[str, list[tuple[Path, int]]] = {}
+            for path in self.segments:
+                offset = 0
+                with open(path, "rb") as f:
+                    for line in f:
+                        job = _parse_line(line, check=False)
+                        if job is not None:
+                            index.setdefault(job, []).append((path, offset))
+                        offset += len(line)
+            self._index = index
+        return self._index
+
+    def records(self, job: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(job, record) of one job, or of every job in archive order."""
+        if job is not None:
+            for path, offset in self.index().get(job, []):
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    rec = _record(f.readline())
+                if rec is not None:
+                    yield rec
+            return
+        for path in self.segments:
+            with open(path, "rb") as f:
+                for line in f:
+                    rec = _record(line)
+                    if rec is not None:
+                        yield rec
+
+
+def _parse_line(line: bytes, check: bool = True) -> str | None:
+    crc, _, payload = line.rstrip(b"\n").partition(b"\t")
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        if check and int(crc, 16) != zlib.crc32(payload):
+            return None
+        job = json.loads(payload.partition(b"\t")[0])
+    except ValueError:
+        return None
+    return job if isinstance(job, str) else None
+
+
+def _record(line: bytes) -> tuple[str, dict[str, Any]] | None:
+    if _parse_line(line) is None:
+        return None
+    job, _, body = line.rstrip(b"\n").partition(b"\t")[2].partition(b"\t")
+    return json.loads(job), json.loads(body)
+
+
+# ---------------------------------------------------------------- the store
+
+@dataclass
+class IngestReport:
+    """What `ingest` did with a batch of remote events."""
+
+    added: list[Event] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[str] = field(default_factory=list)
+    clamped: list[Observation] = field(default_factory=list)
+
+
+class Store:
+    """One node's ledger on disk. Open with `Store.open(data_dir, node)`; use as a context manager."""
+
+    def __init__(self, data_dir: Path, node: str | None = None, readonly: bool = False,
+                 wall: Wall = wall_ms):
+        self.data_dir = Path(data_dir)
+        self.readonly = readonly
+        self.wall = wall
+        self._lock_fd: int | None = None
+        if not readonly:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        self.hot = HotStorage(self.data_dir / HOT_FILE, readonly)
+        self.db = TinyDB(storage=lambda: self.hot)  # type: ignore[arg-type,return-value]
+        self.archive = Archive(self.data_dir / "archive", readonly)
+        state = self._node_doc()
+        stored = state.get("node")
+        if node and stored and node != stored:
+            self.close()
+            raise ValueError(f"{self.data_dir} belongs to node {stored!r}, not {node!r}")
+        self.node: str = node or stored or ""
+        if not self.node:
+            self.close()
+            raise ValueError(f"{self.data_dir} holds no node id yet; give one")
+        last = Timestamp.from_json(state["hlc"]) if state.get("hlc") else None
+        self.clock = HybridClock(self.node, last)
+        self.vectors: dict[str, int] = dict(state.get("vector", {}))
+        self.extra: dict[str, set[int]] = {o: set(s) for o, s in state.get("extra", {}).items()}
+        self._events: dict[str, Event] = {}
+        self._doc_ids: dict[str, int] = {}
+        for doc in self.db.table("events").all():
+            ev = Event.from_json(doc)
+            self._events[ev.id] = ev
+            self._doc_ids[ev.id] = doc.doc_id
+        self._outbox = {doc["id"]: doc.doc_id for doc in self.db.table("outbox").all()}
+        self.recovery = self.hot.recovery + self.archive.recovery
+        if not readonly:
+            self._finish_interrupted_archive()
+            if not stored or self.hot.recovery:
+                self._save()
+
+    @classmethod
+    def open(cls, data_dir: str | Path, node: str | None = None, readonly: bool = False,
+             wall: Wall = wall_ms) -> Store:
+        """Open (creating if needed) and recover a data dir. Raises StoreBusy if another writer has it."""
+        return cls(Path(data_dir), node, readonly, wall)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreBusy(f"{self.data_dir} is in use by another process (is `edge run` running?)") from None
+        self._lock_fd = fd
+
+    # ------------------------------------------------------------ writing
+
+    def append(self, job: str, type: str, station: str, data: Mapping[str, Any] | None = None) -> Event:
+        """Record a local event: next seq, a fresh HLC stamp, into the outbox. Durable on return."""
+        seq = max([self.vectors.get(self.node, 0), *self.extra.get(self.node, ())]) + 1
+        ev = Event.from_json({"id": event_id(self.node, seq), "job": job, "type": type, "station": station,
+                              "hlc": self.clock.tick(self.wall()).to_json(), "data": dict(data or {})})
+        with self.hot.transaction():
+            self._store(ev)
+            self._outbox[ev.id] = self.db.table("outbox").insert(ev.to_json())
+            self._save()
+        return ev
+
+    def ingest(self, events: Iterable[Event | Mapping[str, Any]]) -> IngestReport:
+        """Take remote events (any order, duplicates welcome). Durable on return; idempotent."""
+        report = IngestReport()
+        now = self.wall()
+        with self.hot.transaction():
+            for raw in events:
+                try:
+                    ev = raw if isinstance(raw, Event) else Event.from_json(raw)
+                except ValueError as exc:
+                    report.rejected.append(str(exc))
+                    log.warning("remote event rejected: %s", exc)
+                    continue
+                if self._seen(ev):
+                    report.duplicates += 1
+                    continue
+                seen = self.clock.observe(ev.hlc, now)
+                if seen.clamped:
+                    report.clamped.append(seen)
+                self._store(ev)
+                report.added.append(ev)
+            if report.added:
+                self._save()
+        return report
+
+    def outbox_peek(self, limit: int = 100) -> list[Event]:
+        """The oldest local events not yet acknowledged by the broker, in seq order."""
+        docs = sorted(self.db.table("outbox").all(), key=lambda d: Event.from_json(d).seq)
+        return [Event.from_json(d) for d in docs[:limit]]
+
+    def outbox_ack(self, ids: Iterable[str]) -> int:
+        """Drop acknowledged events from the outbox; returns how many were there."""
+        doc_ids = [self._outbox.pop(i) for i in ids if i in self._outbox]
+        if doc_ids:
+            self.db.table("outbox").remove(doc_ids=doc_ids)
+        return len(doc_ids)
+
+    def archive_closed(self) -> list[str]:
+        """Move every completed or cancelled job from the hot set to the archive."""
+        closed = [s for s in self.open_jobs(include_closed=True) if not s.is_open]
+        if not closed:
+            return []
+        self.archive.append([(s.job, {"state": s.to_json(), "events": [e.to_json() for e in
+                                                                        self._job_events(s.job)]})
+                             for s in closed])
+        self._drop_from_hot([e.id for s in closed for e in self._job_events(s.job)])
+        return [s.job for s in closed]
+
+    # ------------------------------------------------------------ reading
+
+    def vector(self) -> dict[str, int]:
+        """Highest contiguous seq stored per origin node (the anti-entropy summary)."""
+        return dict(self.vectors)
+
+    def events_since(self, vector: Mapping[str, int]) -> Iterator[Event]:
+        """Every stored event a peer with `vector` lacks (seq above its mark), hot set first.
+
+        Reads the archive too when some origin is behind what the hot set holds.
+        """
+        def wanted(ev: Event) -> bool:
+            return ev.seq > vector.get(ev.origin, 0)
+
+        sent: set[str] = set()
+        for ev in sorted(self._events.values(), key=lambda e: e.key):
+            if wanted(ev):
+                sent.add(ev.id)
+                yield ev
+        if not self.extra and all(vector.get(o, 0) >= n for o, n in self.vectors.items()):
+            return
+        for _job, record in self.archive.records():
+            for raw in record.get("events", []):
+                ev = Event.from_json(raw)
+                if ev.id not in sent and wanted(ev):
+                    sent.add(ev.id)
+                    yield ev
+
+    def job(self, job: str) -> JobState | None:
+        """The folded state of a job, open or archived; None if this node never heard of it."""
+        events = self.job_events(job)
+        return fold(job, events) if events else None
+
+    def job_events(self, job: str) -> list[Event]:
+        """A job's events from hot set and archive, deduplicated, in ledger order."""
+        archived = [Event.from_json(e) for _j, r in self.archive.records(job) for e in r.get("events", [])]
+        return sorted(merge(archived, self._job_events(job)).values(), key=lambda e: e.key)
+
+    def open_jobs(self, include_closed: bool = False) -> list[JobState]:
+        """States of the jobs in the hot set (closed ones too if asked), oldest first."""
+        by_job: dict[str, list[Event]] = {}
+        for ev in self._events.values():
+            by_job.setdefault(ev.job, []).append(ev)
+        states = [fold(job, evs) for job, evs in by_job.items()]
+        states.sort(key=lambda s: (s.last_hlc or Timestamp(0, 0, ""), s.job))
+        return [s for s in states if include_closed or s.is_open]
+
+    def archived_jobs(self) -> Iterator[dict[str, Any]]:
+        """The last known state (JSON) of every archived job, in archive order."""
+        latest: dict[str, dict[str, Any]] = {}
+        for job, record in self.archive.records():
+            latest[job] = record.get("state", {"job": job})
+        yield from latest.values()
+
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
+    # ------------------------------------------------------------ internals
+
+    def _job_events(self, job: str) -> list[Event]:
+        return [e for e in self._events.values() if e.job == job]
+
+    def _seen(self, ev: Event) -> bool:
+        return (ev.seq <= self.vectors.get(ev.origin, 0) or ev.seq in self.extra.get(ev.origin, ())
+                or ev.id in self._events)
+
+    def _store(self, ev: Event) -> None:
+        """Put a new event in the hot set (or beside its archived job) and mark it seen."""
+        in_hot = any(e.job == ev.job for e in self._events.values())
+        if not in_hot and self.archive.has(ev.job):
+            events = self.job_events(ev.job) + [ev]
+            self.archive.append([(ev.job, {"state": fold(ev.job, events).to_json(), "events": [ev.to_json()]})])
+        else:
+            self._events[ev.id] = ev
+            self._doc_ids[ev.id] = self.db.table("events").insert(ev.to_json())
+        mark = self.vectors.get(ev.origin, 0)
+        extra = self.extra.setdefault(ev.origin, set())
+        extra.add(ev.seq)
+        while mark + 1 in extra:
+            mark += 1
+            extra.discard(mark)
+        self.vectors[ev.origin] = mark
+        if not extra:
+            del self.extra[ev.origin]
+
+    def _save(self) -> None:
+        doc = {"node": self.node, "hlc": self.clock.last.to_json(), "vector": self.vectors,
+               "extra": {o: sorted(s) for o, s in self.extra.items()}}
+        table = self.db.table("node")
+        if table.contains(doc_id=1):
+            table.update(doc, doc_ids=[1])
+        else:
+            table.insert(doc)
+
+    def _node_doc(self) -> dict[str, Any]:
+        doc = self.db.table("node").get(doc_id=1)
+        return dict(doc) if isinstance(doc, dict) else {}
+
+    def _drop_from_hot(self, ids: list[str]) -> None:
+        doc_ids = [self._doc_ids.pop(i) for i in ids if i in self._doc_ids]
+        for i in ids:
+            self._events.pop(i, None)
+        if doc_ids:
+            self.db.table("events").remove(doc_ids=doc_ids)
+
+    def _finish_interrupted_archive(self) -> None:
+        """A crash between the archive append and the hot write leaves a job in both: finish it."""
+        both = {e.job for e in self._events.values()} & self.archive.tail_jobs
+        drop = []
+        for job in both:
+            archived = {e["id"] for _j, r in self.archive.records(job) for e in r.get("events", [])}
+            hot = [e.id for e in self._job_events(job)]
+            if set(hot) <= archived:
+                drop += hot
+        if drop:
+            self.recovery.append(f"finished archiving {len(both)} job(s) interrupted by a crash")
+            log.warning("finishing an archive interrupted by a crash (%d events)", len(drop))
+            self._drop_from_hot(drop)

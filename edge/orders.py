@@ -63,6 +63,10 @@ class Order:
         return {"order_id": self.order_id, "product": self.product, "options": dict(self.options),
                 "issued_at": self.issued_at, "expires_at": self.expires_at, "key_id": self.key_id}
 
+    def launch_data(self, route: tuple[str, ...] | list[str]) -> dict[str, Any]:
+        """The `data` of the ledger's `created` event for this order (job id = order id)."""
+        return {"product": self.product, "route": list(route), "order": self.to_json()}
+
 
 @dataclass(frozen=True)
 class Verdict:

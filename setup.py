@@ -1,12 +1,14 @@
 """fabrique-edge: offline-first edge controller for a mobile production line."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="fabrique-edge",
     version="0.1.0",
     description="Offline-first edge controller for a production line in a truck trailer",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["edge", "edge.*", "firmware_bridge", "firmware_bridge.*", "stations", "stations.*"]),

@@ -29,6 +29,7 @@ OUTPUT_TYPES = ("digital_output",)
 SERIAL_PROTOCOLS = ("framed", "grbl", "marlin", "raw")
 CAMERA_SOURCES = ("picamera2", "file")
 SCANNER_SOURCES = ("serial", "file")
+PIN_FACTORIES = ("default", "lgpio", "rpigpio", "pigpio", "native", "mock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OPTION_KINDS = ("choice", "text", "integer")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -58,7 +59,8 @@ class ConfigIssue:
     def __str__(self) -> str:
         where = f"[{self.section}] " if self.section else ""
         key = f"{self.key}: " if self.key else ""
-        return f"{self.file}:{self.line}: {where}{key}{self.message}"
+        line = f":{self.line}" if self.line else ""
+        return f"{self.file}{line}: {where}{key}{self.message}"
 
 
 class ConfigError(Exception):
@@ -79,6 +81,7 @@ class NodeConfig:
     data_dir: Path
     line_file: Path
     log_level: str = "info"
+    pin_factory: str = "default"
 
 
 @dataclass(frozen=True)
@@ -400,9 +403,21 @@ def _read_node(doc: Document) -> NodeConfig:
     data_dir = s.get_path("data_dir", "data")
     line_file = s.get_path("line_file", "line.toml")
     level = s.get_str("log_level", "info", choices=LOG_LEVELS)
+    factory = s.get_str("pin_factory", "default", choices=PIN_FACTORIES)
+    if line_file is not None:
+        _check_line_file(s, line_file)
     s.finish()
     return NodeConfig(node_id or "", line or "", data_dir or doc.base / "data",
-                      line_file or doc.base / "line.toml", level)
+                      line_file or doc.base / "line.toml", level, factory)
+
+
+def _check_line_file(s: Section, path: Path) -> None:
+    try:
+        load_line(path)
+    except ConfigError as exc:
+        first = exc.issues[0]
+        more = f" (and {len(exc.issues) - 1} more; run edge check-config on it)" if len(exc.issues) > 1 else ""
+        s.issue("line_file", f"{path} does not load: {first}{more}")
 
 
 def _read_mqtt(doc: Document, node: NodeConfig) -> MqttConfig:

@@ -1,0 +1,226 @@
+"""Station and line files: a technician gets every mistake at once, located by file and line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from trailer import EXAMPLES, run_edge
+
+from edge.config import ConfigError, load_line, load_station, parse_pin
+
+LINE_FILE = EXAMPLES / "line.toml"
+
+
+def station_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "station.toml"
+    path.write_text(body.replace("@LINE@", str(LINE_FILE)), encoding="utf-8")
+    return path
+
+
+GOOD = """\
+[node]
+id = "laser-1"
+line = "demo"
+line_file = "@LINE@"
+
+[station]
+kind = "laser"
+
+[hardware.fan]
+type = "digital_output"
+pin = "GPIO22"
+safe_state = "off"
+"""
+
+
+def test_every_example_station_and_line_file_passes_check_config():
+    files = sorted(str(p) for p in EXAMPLES.glob("*.toml"))
+    assert len(files) == 7
+    result = run_edge("check-config", *files)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == 7
+
+
+def test_five_mistakes_give_five_located_errors_and_exit_1(tmp_path):
+    path = station_file(tmp_path, """\
+[node]
+id = "Laser 1"
+line = "demo"
+line_file = "@LINE@"
+
+[mqtt]
+port = 70000
+usernmae = "laser-1"
+
+[station]
+kind = "lazer"
+
+[hardware.fan]
+type = "digital_output"
+pin = 31
+safe_state = "off"
+""")
+    result = run_edge("check-config", str(path))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{path}:")
+              and re.match(rf"{re.escape(str(path))}:\d+: ", line)]
+    assert len(errors) == 5, result.stderr
+    located = {int(line.split(":")[1]): line for line in errors}
+    assert "[node] id:" in located[2]
+    assert "[mqtt] port: 70000 is out of range" in located[7]
+    assert "did you mean 'username'" in located[8]
+    assert "did you mean 'laser'" in located[11]
+    assert "[hardware.fan] pin: GPIO31 does not exist" in located[15]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_exits_2_naming_it(tmp_path):
+    missing = tmp_path / "nope.toml"
+    result = run_edge("check-config", str(missing))
+    assert result.returncode == 2
+    assert f"{missing}: file not found" in result.stderr
+
+
+def test_broken_toml_names_the_line(tmp_path):
+    path = station_file(tmp_path, GOOD + "\n[hardware.pump\ntype = 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_station(path)
+    assert len(err.value.issues) == 1
+    issue = err.value.issues[0]
+    assert issue.line == GOOD.count("\n") + 2
+    assert "TOML syntax error" in issue.message
+
+
+def test_good_station_loads_typed_values(tmp_path):
+    config = load_station(station_file(tmp_path, GOOD))
+    assert config.node.id == "laser-1"
+    assert config.mqtt.port == 1883 and config.mqtt.username == "laser-1"
+    fan = config.hardware["fan"]
+    assert (fan.pin, fan.safe_state, fan.is_output) == (22, False, True)
+
+
+def test_two_devices_on_one_pin_are_named_both(tmp_path):
+    path = station_file(tmp_path, GOOD + """
+[hardware.pump]
+type = "digital_output"
+pin = "BOARD15"
+safe_state = "off"
+""")
+    with pytest.raises(ConfigError) as err:
+        load_station(path)
+    (issue,) = err.value.issues
+    assert (issue.section, issue.key) == ("hardware.pump", "pin")
+    assert "GPIO22 is already used by [hardware.fan]" in issue.message
+
+
+def test_wrong_types_are_reported_not_raised(tmp_path):
+    path = station_file(tmp_path, """\
+node = "oops"
+station = 3
+
+[hardware]
+fan = "GPIO4"
+""")
+    with pytest.raises(ConfigError) as err:
+        load_station(path)
+    text = str(err.value)
+    assert "[node] must be a table" in text
+    assert "[station] must be a table" in text
+    assert "[hardware.fan] must be a table" in text
+
+
+def test_unknown_section_suggests_the_right_one(tmp_path):
+    path = station_file(tmp_path, GOOD + '\n[consle]\nenabled = true\n')
+    with pytest.raises(ConfigError) as err:
+        load_station(path)
+    assert "unknown section (did you mean 'console'?)" in str(err.value)
+
+
+def test_station_reports_a_broken_line_file(tmp_path):
+    line = tmp_path / "line.toml"
+    line.write_text(LINE_FILE.read_text().replace('"printer", "transfer"', '"priter", "transfer"'))
+    path = station_file(tmp_path, GOOD.replace("@LINE@", "line.toml"))
+    with pytest.raises(ConfigError) as err:
+        load_station(path)
+    (issue,) = err.value.issues
+    assert issue.key == "line_file" and issue.line == 4
+    assert "'priter' is not a station kind" in issue.message
+
+
+def test_line_file_rejects_bad_keys_and_routes(tmp_path):
+    path = tmp_path / "line.toml"
+    path.write_text("""\
+[line]
+id = "demo"
+
+[orders.keys]
+k1 = "not base64!"
+k2 = "AAAA"
+
+[products.stand]
+route = ["intake", "intake"]
+""")
+    with pytest.raises(ConfigError) as err:
+        load_line(path)
+    messages = [str(i) for i in err.value.issues]
+    assert any("k1: is not valid base64" in m for m in messages)
+    assert any("k2: an Ed25519 public key is 32 bytes, this one is 3" in m for m in messages)
+    assert any("names a station kind twice" in m for m in messages)
+
+
+@pytest.mark.parametrize("spec, bcm, error", [
+    (17, 17, ""), ("GPIO17", 17, ""), ("bcm4", 4, ""), ("BOARD11", 17, ""), ("J8:40", 21, ""),
+    (28, None, "does not exist"), ("BOARD6", None, "GND pin"), ("BOARD41", None, "does not exist"),
+    ("WPI0", None, "WiringPi"), ("P1", None, "not a pin name"), (True, None, "not a boolean"),
+])
+def test_pin_names_follow_gpiozero_and_the_header(spec, bcm, error):
+    got, message = parse_pin(spec)
+    assert got == bcm
+    assert error in message if error else message == ""
+
+
+toml_values = st.one_of(st.integers(-10**6, 10**6), st.booleans(), st.text(max_size=12),
+                        st.lists(st.integers(0, 5000), max_size=3))
+keys = st.sampled_from(["id", "line", "kind", "type", "pin", "port", "safe_state", "host",
+                        "baudrate", "source", "path", "enabled", "tls", "resolution", "zzz"])
+sections = st.sampled_from(["node", "mqtt", "station", "console", "hardware.a", "hardware.b", "bogus"])
+
+
+def _render(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').encode("unicode_escape").decode() + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(sections, st.dictionaries(keys, toml_values, max_size=6), max_size=6))
+def test_any_station_file_gives_a_result_or_located_errors_never_a_crash(tmp_path, doc):
+    text = "".join(f"[{name}]\n" + "".join(f"{k} = {_render(v)}\n" for k, v in body.items())
+                   for name, body in doc.items())
+    path = tmp_path / "fuzz.toml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_station(path)
+    except ConfigError as err:
+        assert err.issues
+        for issue in err.issues:
+            assert str(issue).startswith(f"{path}:")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_loader(tmp_path, blob):
+    path = tmp_path / "garbage.toml"
+    path.write_bytes(blob)
+    try:
+        load_station(path)
+    except ConfigError as err:
+        assert err.issues

@@ -196,7 +196,9 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
     state = JobState(job)
     created: Event | None = None
     closed = False
-    for ev in ordered(e for e in events if e.job == job):
+    for ev in ordered(events):  # dedupe before picking the job: one id, one event, everywhere
+        if ev.job != job:
+            continue
         state.events += 1
         state.last_hlc = ev.hlc
         if ev.type == "created":
@@ -229,7 +231,7 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
 def fold_all(events: Iterable[Event]) -> dict[str, JobState]:
     """Every job's state from a mixed bag of events."""
     by_job: dict[str, list[Event]] = {}
-    for ev in events:
+    for ev in merge(events).values():
         by_job.setdefault(ev.job, []).append(ev)
     return {job: fold(job, evs) for job, evs in sorted(by_job.items())}
 

@@ -94,6 +94,7 @@ class MqttConfig:
     tls: bool
     ca_file: Path | None
     keepalive: int
+    protocol: int = 5
 
 
 @dataclass(frozen=True)
@@ -431,12 +432,13 @@ def _read_mqtt(doc: Document, node: NodeConfig) -> MqttConfig:
     password_file = s.get_path("password_file", None)
     tls = s.get_bool("tls", False)
     ca_file = s.get_path("ca_file", None)
-    keepalive = s.get_int("keepalive", 15, 5, 600)
+    keepalive = s.get_int("keepalive", 15, 1, 600)
+    protocol = s.get_str("protocol", "5", choices=("5", "3.1.1"))
     if ca_file is not None and tls is False:
         s.issue("ca_file", "is set but tls = false; set tls = true to use it")
     s.finish()
     return MqttConfig(bool(enabled), host or "localhost", port or 1883, username, password_file,
-                      bool(tls), ca_file, keepalive or 15)
+                      bool(tls), ca_file, keepalive or 15, 4 if protocol == "3.1.1" else 5)
 
 
 def _read_station(doc: Document) -> StationSection:

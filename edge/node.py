@@ -8,7 +8,9 @@ path: an emergency stop drives outputs safe from its own callback, then posts th
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
 import queue
 import signal
 import time
@@ -18,8 +20,14 @@ from typing import Any
 
 from edge import __version__
 from edge.config import LineConfig, StationConfig
+from edge.console import StreamConsole
+from edge.control import CommandError, CommandSet, Param, Reply
+from edge.homeassistant import HA_STATUS_TOPIC, discovery
 from edge.hw import Board, HardwareError, SafetyInterlock
+from edge.ledger import Event as LedgerEvent
 from edge.notify import SystemdNotifier
+from edge.store import Store, StoreBusy
+from edge.topics import COMMAND, MAX_SMALL_PAYLOAD
 
 log = logging.getLogger(__name__)
 IDLE, BUSY, FAULT, MANUAL, ESTOP, STARTING, STOPPED = (
@@ -42,7 +50,8 @@ class Node:
     """Wires one station: board, station module and (later) store, sync and console."""
 
     def __init__(self, config: StationConfig, line: LineConfig | None = None,
-                 notifier: SystemdNotifier | None = None, tick: float = 1.0):
+                 notifier: SystemdNotifier | None = None, tick: float = 1.0,
+                 archive_every_s: float = 60.0):
         self.config = config
         self.line = line
         self.notifier = notifier or SystemdNotifier()
@@ -56,7 +65,19 @@ class Node:
         self.station: Any = None
         self.running = False
         self.stop_reason = ""
+        self.store: Store | None = None
+        self.sync: Any = None
+        self.session = 0
+        self.archive_every_s = archive_every_s
+        self.last_archive = time.monotonic()
+        self.published_state: bytes | None = None
+        self.commands = CommandSet()
+        self.console: StreamConsole | None = None
+        self._register_commands()
         self.on("stop", self._on_stop)
+        self.on("console_line", self._on_console_line)
+        for kind in ("mqtt_connected", "mqtt_disconnected", "mqtt_unreachable", "mqtt_puback", "mqtt_message"):
+            self.on(kind, self._on_mqtt)
         self.on("safety", self._on_safety)
         self.on("scan", self._on_scan)
         self.on("input", self._on_input)
@@ -77,11 +98,47 @@ class Node:
         log.info("node %s (%s, line %s) starting, fabrique-edge %s", self.config.node.id,
                  self.config.station.kind, self.config.node.line, __version__)
         self.board.start()
+        self._open_store()
         self._load_station()
         self._update_state()
+        self._start_sync()
+        if self.config.console.enabled and self.config.console.stdin:
+            self.console = StreamConsole(self.post)
+            self.console.start()
         self.notifier.ready(f"{self.state}")
         log.info("ready: station %s is %s%s", self.config.station.kind, self.state,
                  f" ({self.reason})" if self.reason else "")
+
+    def _open_store(self) -> None:
+        data_dir = self.config.node.data_dir
+        self.store = Store.open(data_dir, self.config.node.id)
+        for note in self.store.recovery:
+            log.warning("store recovery: %s", note)
+        self.session = next_session(data_dir)
+
+    def _start_sync(self) -> None:
+        mqtt = self.config.mqtt
+        if not mqtt.enabled or self.store is None:
+            log.info("MQTT disabled: running stand-alone")
+            return
+        from edge.sync import MqttLink, Sync  # paho only where MQTT is used
+
+        password = None
+        if mqtt.password_file is not None:
+            try:
+                password = mqtt.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                log.error("[mqtt] password_file %s: %s; connecting without a password",
+                          mqtt.password_file, exc.strerror or exc)
+        link = MqttLink(mqtt.host, mqtt.port, mqtt.username, password, mqtt.keepalive, mqtt.tls,
+                        str(mqtt.ca_file) if mqtt.ca_file else None, mqtt.protocol)
+        node = self.config.node
+        self.sync = Sync(node.id, node.line, self.config.station.kind, link, self.store, self.post,
+                         self.session, on_ingest=self._on_ingest, on_command=self._on_mqtt_command)
+        self.sync.extra_subscriptions.append(HA_STATUS_TOPIC)
+        self.sync.message_hooks[HA_STATUS_TOPIC] = self._on_ha_status
+        self.sync.on_connect_hooks += [self._announce, self.publish_state]
+        self.sync.start()
 
     def _load_station(self) -> None:
         kind = self.config.station.kind
@@ -129,7 +186,7 @@ class Node:
         self.running = True
         interval = SystemdNotifier.watchdog_interval()
         wait = min(self.tick, interval) if interval else self.tick
-        last_ping = time.monotonic()
+        last_ping = last_tick = time.monotonic()
         while self.running:
             try:
                 event = self.queue.get(timeout=wait)
@@ -137,9 +194,13 @@ class Node:
                 event = None
             if event is not None:
                 self.apply(event)
-            if interval and time.monotonic() - last_ping >= interval:
+            now = time.monotonic()
+            if interval and now - last_ping >= interval:
                 self.notifier.watchdog()
-                last_ping = time.monotonic()
+                last_ping = now
+            if now - last_tick >= self.tick:
+                last_tick = now
+                self._tick()
 
     def apply(self, event: Event) -> None:
         """Run the handlers of one event; a failing handler is logged and counted, never fatal."""
@@ -151,12 +212,24 @@ class Node:
                 self.counters["errors"] += 1
                 log.exception("handler for %s event failed", event.kind)
 
+    def _tick(self) -> None:
+        if self.sync is not None:
+            self.sync.tick()
+        if time.monotonic() - self.last_archive >= self.archive_every_s:
+            self.last_archive = time.monotonic()
+            self.archive()
+        self.publish_state()
+
     def shutdown(self) -> None:
         """Tell systemd we are stopping, put every output in its safe state, release devices."""
         self.running = False
         self.notifier.stopping(self.stop_reason or "stopping")
         self.board.close()
         self.state = STOPPED
+        if self.sync is not None:
+            self.sync.stop()
+        if self.store is not None:
+            self.store.close()
         log.info("stopped (%s); outputs in safe state", self.stop_reason or "shutdown")
 
     # -- built-in handlers
@@ -190,6 +263,148 @@ class Node:
     def _on_input(self, event: Event) -> None:
         log.debug("input %s -> %s", event.data["device"], event.data["value"])
 
+    # -- ledger
+    def record(self, job: str, type: str, data: dict[str, Any] | None = None) -> LedgerEvent:
+        """Append a local event (durable on return), publish the job's state, start the drain."""
+        assert self.store is not None
+        event = self.store.append(job, type, self.config.station.kind, data or {})
+        self.publish_job(job)
+        if self.sync is not None:
+            self.sync.drain()
+        return event
+
+    def publish_job(self, job: str) -> None:
+        if self.sync is None or self.store is None:
+            return
+        state = self.store.job(job)
+        if state is not None:
+            self.sync.publish(self.sync.topics.job(job), json.dumps(state.to_json()).encode(), retain=True)
+
+    def archive(self) -> list[str]:
+        """Move closed jobs to the archive; clear the retained job topics this node published."""
+        if self.store is None:
+            return []
+        jobs = self.store.archive_closed()
+        for job in jobs:
+            if self.sync is not None and any(e.origin == self.config.node.id for e in self.store.job_events(job)):
+                self.sync.publish(self.sync.topics.job(job), b"", retain=True)
+        if jobs:
+            log.info("archived %d closed job(s)", len(jobs))
+        return jobs
+
+    def _on_ingest(self, events: list[LedgerEvent]) -> None:
+        self.counters["events_in"] = self.counters.get("events_in", 0) + len(events)
+
+    # -- MQTT
+    def _on_mqtt(self, event: Event) -> None:
+        if self.sync is not None:
+            self.sync.handle(event.kind, event.data)
+
+    def publish_state(self) -> None:
+        """The retained station state, published when it changed."""
+        if self.sync is None or not self.sync.connected:
+            return
+        body = {"state": self.state, "reason": self.reason, "job": None, "counters": self._counters()}
+        payload = json.dumps(body, sort_keys=True).encode()
+        topic = self.sync.topics.state(self.config.node.id)
+        if payload != self.published_state and self.sync.publish(topic, payload, retain=True) is not None:
+            self.published_state = payload
+
+    def _counters(self) -> dict[str, int]:
+        out = dict(self.counters)
+        if self.store is not None:
+            out["outbox"] = self.store.outbox_size()
+        return out
+
+    def _announce(self) -> None:
+        self.published_state = None
+        node = self.config.node
+        for topic, payload in discovery(node.id, node.line, self.config.station.kind, self.config.station.title):
+            self.sync.publish(topic, payload, retain=True)
+
+    def _on_ha_status(self, _topic: str, payload: bytes, _props: Any) -> None:
+        if payload.strip() == b"online":
+            log.info("Home Assistant is back: announcing this node again")
+            self._announce()
+            self.publish_state()
+
+    def _on_mqtt_command(self, message: dict[str, Any], v5: bool) -> dict[str, Any]:
+        payload, props = message["payload"], message["props"]
+        response_topic = getattr(props, "ResponseTopic", None) if v5 and props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if v5 and props is not None else None
+        request_id: Any = None
+        if len(payload) > MAX_SMALL_PAYLOAD:
+            reply = Reply(False, error=f"command payload of {len(payload)} bytes exceeds {MAX_SMALL_PAYLOAD}")
+        else:
+            try:
+                body = COMMAND.parse(payload)
+                request_id = body.get("id")
+                reply = self.commands.dispatch(body["command"], body.get("args"), remote=True)
+            except ValueError as exc:
+                reply = Reply(False, error=str(exc))
+        if not reply.ok:
+            self.counters["rejected_commands"] = self.counters.get("rejected_commands", 0) + 1
+            log.warning("MQTT command refused: %s", reply.error)
+        answer = reply.to_json()
+        if request_id is not None:
+            answer["id"] = request_id
+        from edge.sync import PacketTypes, Properties
+
+        if response_topic:
+            out = Properties(PacketTypes.PUBLISH)
+            if correlation is not None:
+                out.CorrelationData = correlation
+            self.sync.publish(response_topic, json.dumps(answer, default=str).encode(), properties=out)
+        else:
+            self.sync.publish(self.sync.topics.cmd_response(self.config.node.id),
+                              json.dumps(answer, default=str).encode())
+        return answer
+
+    # -- commands (one registry: console, socket and MQTT)
+    def _on_console_line(self, event: Event) -> None:
+        event.data["reply"](self.commands.run_line(event.data["line"]))
+
+    def _register_commands(self) -> None:
+        add = self.commands.register
+        add("help", "list the commands", lambda a: self.commands.help())
+        add("status", "station state, devices, counters", lambda a: self.get_status())
+        add("ping", "check the node answers", lambda a: "pong")
+        add("note", "add a note to a job's ledger", self._cmd_note,
+            Param("job", help="job id"), Param("text", rest=True, help="the note"))
+        add("job", "show a job's state", self._cmd_job, Param("job", help="job id"))
+        add("jobs", "list open jobs", lambda a: [s.to_json() for s in self.store.open_jobs()] if self.store else [])
+        add("sync", "publish this node's version vector now (peers re-send what it lacks)", self._cmd_sync)
+        add("archive", "archive closed jobs now", lambda a: self.archive())
+        add("drive", "set an output (manual override; refused while a safety circuit is open)",
+            self._cmd_drive, Param("device", help="output name"), Param("value", bool, help="on or off"),
+            local_only=True)
+
+    def _cmd_note(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.store is None:
+            raise CommandError("no store")
+        return self.record(args["job"], "note", {"text": args["text"]}).to_json()
+
+    def _cmd_job(self, args: dict[str, Any]) -> Any:
+        state = self.store.job(args["job"]) if self.store else None
+        if state is None:
+            raise CommandError(f"no job {args['job']!r} on this node")
+        return state.to_json()
+
+    def _cmd_sync(self, _args: dict[str, Any]) -> dict[str, Any]:
+        if self.sync is None:
+            raise CommandError("MQTT is disabled on this node")
+        self.sync.send_vector()
+        return {"connected": self.sync.connected, "vector": self.store.vector() if self.store else {}}
+
+    def _cmd_drive(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.board.drive(args["device"], args["value"])
+        except KeyError as exc:
+            raise CommandError(str(exc).strip("'\"")) from None
+        except SafetyInterlock as exc:
+            raise CommandError(str(exc)) from None
+        return {args["device"]: args["value"]}
+
     def get_status(self) -> dict[str, Any]:
         """The station state as dashboards and the console see it."""
         status: dict[str, Any] = {
@@ -198,11 +413,35 @@ class Node:
         }
         if self.station is not None and hasattr(self.station, "get_status"):
             status["station"] = self.station.get_status()
+        if self.store is not None:
+            status["outbox"] = self.store.outbox_size()
+            status["vector"] = self.store.vector()
+        if self.sync is not None:
+            status["mqtt"] = {"connected": self.sync.connected, "session": self.session, **self.sync.counters}
         return status
 
 
+def next_session(data_dir: os.PathLike[str] | str) -> int:
+    """Count this boot: the session number in birth and will messages (durable, atomic)."""
+    path = os.path.join(data_dir, "session")
+    try:
+        with open(path, encoding="ascii") as f:
+            current = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        current = 0
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{current + 1}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return current + 1
+
+
 def start_error(exc: Exception) -> str:
-    """One line for a node that cannot start (pin conflict, unknown factory)."""
+    """One line for a node that cannot start (pin conflict, unknown factory, store in use)."""
     if isinstance(exc, HardwareError):
         return f"hardware: {exc}"
+    if isinstance(exc, StoreBusy):
+        return f"store: {exc}"
     return f"{type(exc).__name__}: {exc}"

@@ -42,3 +42,17 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def example_station(name: str, tmp_path: Path, mqtt: str | None = None) -> Path:
+    """A copy of examples/line/<name>.toml with its data dir in tmp_path and MQTT off
+    (or `mqtt`, the body of an [mqtt] section, instead)."""
+    text = (EXAMPLES / f"{name}.toml").read_text()
+    head, sep, rest = text.partition("[mqtt]\n")
+    body, _, tail = rest.partition("\n\n")
+    text = head + sep + (mqtt if mqtt is not None else "enabled = false") + "\n\n" + tail
+    text = text.replace('data_dir = "/var/lib/fabrique-edge"', f'data_dir = "{tmp_path / name}"')
+    text = text.replace('line_file = "line.toml"', f'line_file = "{EXAMPLES / "line.toml"}"')
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path

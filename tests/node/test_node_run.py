@@ -9,16 +9,16 @@ import sys
 import threading
 
 import pytest
-from trailer import EXAMPLES, ROOT, NotifySocket
+from trailer import ROOT, NotifySocket, example_station
 
 from edge.config import load_line, load_station
 from edge.node import ESTOP, FAULT, STOPPED, Node
 from edge.notify import SystemdNotifier
 
 
-def test_sigterm_puts_every_output_in_its_declared_safe_state(monkeypatch, notify_socket):
+def test_sigterm_puts_every_output_in_its_declared_safe_state(monkeypatch, notify_socket, tmp_path):
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    config = load_station(EXAMPLES / "transfer.toml")
+    config = load_station(example_station("transfer", tmp_path))
     node = Node(config, load_line(config.node.line_file), SystemdNotifier(notify_socket.address), tick=0.05)
     driven_levels: dict[str, int] = {}
     driven = threading.Event()
@@ -53,9 +53,9 @@ def test_sigterm_puts_every_output_in_its_declared_safe_state(monkeypatch, notif
     assert notify_socket.wait_for("STOPPING=1")
 
 
-def test_emergency_stop_puts_the_node_in_estop(monkeypatch, notify_socket):
+def test_emergency_stop_puts_the_node_in_estop(monkeypatch, notify_socket, tmp_path):
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    config = load_station(EXAMPLES / "intake.toml")
+    config = load_station(example_station("intake", tmp_path))
     node = Node(config, None, SystemdNotifier(notify_socket.address), tick=0.05)
     seen: list[str] = []
 
@@ -76,8 +76,8 @@ def start_edge(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
                             env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", **env})
 
 
-def test_edge_run_process_speaks_sd_notify_and_exits_0_on_sigterm(notify_socket):
-    proc = start_edge("run", "--config", str(EXAMPLES / "transfer.toml"), "--log-format", "journal",
+def test_edge_run_process_speaks_sd_notify_and_exits_0_on_sigterm(notify_socket, tmp_path):
+    proc = start_edge("run", "--config", str(example_station("transfer", tmp_path)), "--log-format", "journal",
                       env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "100000"})
     try:
         ready = notify_socket.wait_for("READY=1")

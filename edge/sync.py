@@ -1,0 +1,417 @@
+"""MQTT replication of a node's ledger (paho-mqtt 2.x, MQTT 5 with a 3.1.1 fallback).
+
+Threads: one network thread owns the paho client's socket (connect, loop, reconnect with
+jittered backoff) and only *posts* what happened to the node loop. Everything that touches
+the store, the outbox or the peers' table runs on the node loop (`Sync.handle`).
+
+Guarantees:
+- the outbox is on disk; an event leaves it only when the broker PUBACKs the message that
+  carried it. A new paho client is made per connection, so nothing waits in paho's memory:
+  after a reconnect the drain starts again from the outbox (a duplicate is harmless);
+- the drain is flow controlled: at most `window` messages in flight, `batch` events each;
+- anti-entropy: a node publishes its version vector on connect and every `resync_s`; a
+  peer that sees a vector lacking events re-sends them if it is responsible for their
+  origin (the origin itself when online, else the lowest-id online node that has them);
+- consumers are idempotent: ingest deduplicates by event id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge import __version__
+from edge.ledger import Event
+from edge.store import Store
+from edge.topics import EVENTS, PAYLOAD_VERSION, STATUS, SYNC, Topics
+
+log = logging.getLogger(__name__)
+Post = Callable[[str, dict[str, Any]], None]
+SESSION_EXPIRY_S = 7 * 86400
+UNREACHED = 1 << 62
+
+
+@dataclass
+class MqttLink:
+    """Where and how to connect (from `[mqtt]` plus the password read from its file)."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 15
+    tls: bool = False
+    ca_file: str | None = None
+    protocol: int = 5  # 5, or 4 for MQTT 3.1.1
+
+
+@dataclass
+class Peer:
+    online: bool = False
+    session: int = -1
+    vector: dict[str, int] = field(default_factory=dict)
+
+
+class Network(threading.Thread):
+    """Connects, runs paho's loop and reconnects forever; reports by posting events."""
+
+    def __init__(self, sync: Sync, min_delay: float = 0.2, max_delay: float = 10.0):
+        super().__init__(name=f"mqtt-{sync.node}", daemon=True)
+        self.sync = sync
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.stopping = threading.Event()
+        self.client: mqtt.Client | None = None
+        self.generation = 0
+        self.connack = threading.Event()
+
+    def run(self) -> None:
+        delay = self.min_delay
+        while not self.stopping.is_set():
+            self.generation += 1
+            self.connack.clear()
+            client = self.sync.make_client(self.generation)
+            up_since = time.monotonic()
+            try:
+                link = self.sync.link
+                if link.protocol == 5:
+                    props = Properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = SESSION_EXPIRY_S
+                    client.connect(link.host, link.port, link.keepalive, clean_start=False, properties=props)
+                else:
+                    client.connect(link.host, link.port, link.keepalive)
+                self.client = client
+                self._loop(client, link.keepalive)
+            except (OSError, ValueError) as exc:
+                self.sync.post("mqtt_unreachable", {"gen": self.generation, "error": str(exc)})
+            finally:
+                self.client = None
+                sock = client.socket()
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
+            if time.monotonic() - up_since > 10:
+                delay = self.min_delay
+            self.stopping.wait(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, self.max_delay)
+
+    def _loop(self, client: mqtt.Client, keepalive: int) -> None:
+        started = time.monotonic()
+        while not self.stopping.is_set():
+            rc = client.loop(timeout=0.05)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            if not self.connack.is_set() and time.monotonic() - started > max(2.0, keepalive * 1.5):
+                self.sync.post("mqtt_unreachable", {"gen": self.generation, "error": "no CONNACK"})
+                return
+        # stopping: give the goodbye (offline status, DISCONNECT) a moment to leave
+        end = time.monotonic() + 2
+        while time.monotonic() < end and client.loop(timeout=0.05) == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class Sync:
+    """Replicates one node's ledger; `handle()` runs on the node loop, nothing else touches state."""
+
+    def __init__(self, node: str, line: str, kind: str, link: MqttLink, store: Store, post: Post,
+                 session: int, window: int = 16, batch: int = 200, resync_s: float = 30.0,
+                 on_ingest: Callable[[list[Event]], None] | None = None,
+                 on_command: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None):
+        self.node = node
+        self.kind = kind
+        self.link = link
+        self.store = store
+        self.post = post
+        self.session = session
+        self.window = window
+        self.batch = batch
+        self.resync_s = resync_s
+        self.on_ingest = on_ingest
+        self.on_command = on_command
+        self.topics = Topics(line)
+        self.network = Network(self)
+        self.connected_gen = 0
+        self.inflight: dict[int, list[str]] = {}
+        self.inflight_ids: set[str] = set()
+        self.repairs: list[Event] = []
+        self.repair_marks: dict[tuple[str, str], int] = {}
+        self.peers: dict[str, Peer] = {}
+        self.counters = {"published": 0, "received": 0, "ingested": 0, "duplicates": 0, "dropped": 0,
+                         "repaired": 0, "connects": 0}
+        self.last_vector_sent = 0.0
+        self.extra_subscriptions: list[str] = []
+        self.on_connect_hooks: list[Callable[[], None]] = []
+        self.message_hooks: dict[str, Callable[[str, bytes, Any], None]] = {}
+
+    # ------------------------------------------------------------ network thread side
+    def make_client(self, gen: int) -> mqtt.Client:
+        proto = mqtt.MQTTv5 if self.link.protocol == 5 else mqtt.MQTTv311
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.node, protocol=proto,
+                             clean_session=None if proto == mqtt.MQTTv5 else False)
+        if self.link.username:
+            client.username_pw_set(self.link.username, self.link.password)
+        if self.link.tls:
+            client.tls_set(ca_certs=self.link.ca_file)
+        client.max_inflight_messages_set(max(self.window * 2, 20))
+        client.max_queued_messages_set(0)
+        client.will_set(self.topics.status(self.node), self._status("offline"), qos=1, retain=True)
+
+        def on_connect(_c: Any, _u: Any, flags: Any, reason: Any, props: Any) -> None:
+            if not reason.is_failure:
+                self.network.connack.set()
+            self.post("mqtt_connected", {"gen": gen, "ok": not reason.is_failure, "reason": str(reason),
+                                         "session_present": bool(getattr(flags, "session_present", False))})
+
+        def on_disconnect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+            self.post("mqtt_disconnected", {"gen": gen, "reason": str(reason)})
+
+        def on_publish(_c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+            self.post("mqtt_puback", {"gen": gen, "mid": mid})
+
+        def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            self.post("mqtt_message", {"gen": gen, "topic": msg.topic, "payload": msg.payload,
+                                       "props": getattr(msg, "properties", None), "retain": msg.retain})
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = on_publish
+        client.on_message = on_message
+        return client
+
+    # ------------------------------------------------------------ loop side
+    def start(self) -> None:
+        self.network.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish `offline` (a clean goodbye, so no will fires) and disconnect."""
+        client = self._client()
+        self.network.stop()
+        if client is not None:
+            try:
+                client.publish(self.topics.status(self.node), self._status("offline"), qos=1, retain=True)
+                client.disconnect()
+            except (RuntimeError, ValueError, OSError) as exc:
+                log.debug("goodbye not sent: %s", exc)
+        self.network.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_gen != 0 and self.connected_gen == self.network.generation
+
+    def _client(self) -> mqtt.Client | None:
+        return self.network.client if self.connected else None
+
+    def handle(self, kind: str, data: dict[str, Any]) -> bool:
+        """Apply one `mqtt_*` event on the loop; returns False for events of a dead connection."""
+        if data.get("gen") != self.network.generation:
+            return False
+        if kind == "mqtt_connected":
+            self._connected(data)
+        elif kind == "mqtt_disconnected":
+            self._lost(data["reason"])
+        elif kind == "mqtt_unreachable":
+            self._lost(data["error"])
+        elif kind == "mqtt_puback":
+            self._puback(data["mid"])
+        elif kind == "mqtt_message":
+            self._message(data["topic"], data["payload"], data.get("props"), data.get("retain", False))
+        return True
+
+    def _connected(self, data: dict[str, Any]) -> None:
+        if not data["ok"]:
+            log.warning("broker %s:%d refused the connection: %s", self.link.host, self.link.port, data["reason"])
+            return
+        self.connected_gen = data["gen"]
+        self.counters["connects"] += 1
+        self.inflight.clear()
+        self.inflight_ids.clear()
+        self.repairs.clear()
+        self.repair_marks.clear()
+        client = self._client()
+        assert client is not None
+        log.info("connected to %s:%d (MQTT %s, session %d, outbox %d)", self.link.host, self.link.port,
+                 "5" if self.link.protocol == 5 else "3.1.1", self.session, self.store.outbox_size())
+        subs = self.topics.subscriptions(self.node) + self.extra_subscriptions
+        if self.link.protocol == 5:
+            client.subscribe([(t, SubscribeOptions(qos=1, noLocal=True)) for t in subs])
+        else:
+            client.subscribe([(t, 1) for t in subs])
+        client.publish(self.topics.status(self.node), self._status("online"), qos=1, retain=True)
+        for hook in self.on_connect_hooks:
+            hook()
+        self.send_vector()
+        self.drain()
+
+    def _lost(self, why: str) -> None:
+        if self.connected_gen:
+            log.warning("lost the broker: %s (outbox %d, keeps working offline)", why, self.store.outbox_size())
+        self.connected_gen = 0
+        self.inflight.clear()
+        self.inflight_ids.clear()
+
+    def _status(self, state: str) -> bytes:
+        body: dict[str, Any] = {"state": state, "session": self.session}
+        if state == "online":
+            body.update(version=__version__, kind=self.kind, protocol=self.link.protocol)
+        return json.dumps(body).encode()
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1,
+                properties: Properties | None = None) -> int | None:
+        """Publish if connected; returns the message id, or None when offline."""
+        client = self._client()
+        if client is None:
+            return None
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        return info.mid if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
+
+    # -- outbox drain
+    def drain(self) -> None:
+        """Fill the in-flight window from the repair queue, then from the outbox."""
+        while self.connected and len(self.inflight) < self.window:
+            own: list[str] = []
+            if self.repairs:
+                batch, self.repairs = self.repairs[:self.batch], self.repairs[self.batch:]
+                self.counters["repaired"] += len(batch)
+            else:
+                pending = self.store.outbox_peek(len(self.inflight_ids) + self.batch)
+                batch = [e for e in pending if e.id not in self.inflight_ids][:self.batch]
+                own = [e.id for e in batch]
+            if not batch:
+                return
+            payload = json.dumps({"v": PAYLOAD_VERSION, "events": [e.to_json() for e in batch]},
+                                 separators=(",", ":")).encode()
+            mid = self.publish(self.topics.events(self.node), payload)
+            if mid is None:
+                return
+            self.inflight[mid] = own
+            self.inflight_ids.update(own)
+            self.counters["published"] += len(batch)
+
+    def _puback(self, mid: int) -> None:
+        ids = self.inflight.pop(mid, None)
+        if ids:
+            self.store.outbox_ack(ids)
+            self.inflight_ids.difference_update(ids)
+        self.drain()
+
+    # -- anti-entropy
+    def send_vector(self) -> None:
+        payload = {"v": PAYLOAD_VERSION, "vector": self.store.vector(), "session": self.session}
+        if self.publish(self.topics.sync(self.node), json.dumps(payload).encode()) is not None:
+            self.last_vector_sent = time.monotonic()
+
+    def tick(self) -> None:
+        """Called by the node loop about once a second: periodic vector, drain retries."""
+        if self.connected and time.monotonic() - self.last_vector_sent >= self.resync_s:
+            self.send_vector()
+        self.drain()
+
+    def _responsible_for(self, origin: str, asker: str) -> bool:
+        if origin == asker:
+            return False
+        if origin == self.node:
+            return True
+        owner = self.peers.get(origin)
+        if owner is not None and owner.online:
+            return False
+        mine = self.store.vector().get(origin, 0)
+        candidates = [(n, p.vector.get(origin, 0)) for n, p in self.peers.items()
+                      if p.online and n not in (asker, origin)]
+        best = max([mine] + [have for _n, have in candidates])
+        holders = sorted([n for n, have in candidates if have == best] + ([self.node] if mine == best else []))
+        return bool(holders) and holders[0] == self.node
+
+    def _peer_vector(self, peer: str, vector: dict[str, int]) -> None:
+        info = self.peers.setdefault(peer, Peer())
+        info.vector = vector
+        mine = self.store.vector()
+        behind_me = {o: n for o, n in mine.items() if n > vector.get(o, 0) and self._responsible_for(o, peer)}
+        if behind_me:
+            floor = {o: UNREACHED for o in mine}
+            for origin in behind_me:
+                floor[origin] = max(vector.get(origin, 0), self.repair_marks.get((peer, origin), 0))
+            missing = list(self.store.events_since(floor))
+            if missing:
+                for origin in behind_me:
+                    self.repair_marks[(peer, origin)] = max(e.seq for e in missing if e.origin == origin) \
+                        if any(e.origin == origin for e in missing) else self.repair_marks.get((peer, origin), 0)
+                log.info("peer %s lacks %d event(s): re-sending", peer, len(missing))
+                self.repairs.extend(missing)
+                self.drain()
+        if any(n > mine.get(o, 0) for o, n in vector.items()) and time.monotonic() - self.last_vector_sent > 1:
+            self.send_vector()  # they have what we lack: tell them our vector
+
+    # -- incoming
+    def _message(self, topic: str, payload: bytes, props: Any, retain: bool) -> None:
+        self.counters["received"] += 1
+        parsed = self.topics.parse(topic)
+        hook = self.message_hooks.get(topic)
+        if hook is not None:
+            hook(topic, payload, props)
+            return
+        if parsed is None:
+            return self._drop(topic, "not a topic of this line")
+        kind, who = parsed
+        try:
+            if kind == "events":
+                if who != self.node:
+                    self._events(EVENTS.parse(payload))
+            elif kind == "sync":
+                if who != self.node:
+                    body = SYNC.parse(payload)
+                    vector = {o: n for o, n in body["vector"].items() if isinstance(n, int) and not isinstance(n, bool)}
+                    self._peer_vector(who, vector)
+            elif kind == "status":
+                self._status_seen(who, payload)
+            elif kind == "cmd" and who == self.node and self.on_command is not None:
+                self.on_command({"payload": payload, "props": props}, self.link.protocol == 5)
+        except ValueError as exc:
+            self._drop(topic, str(exc))
+
+    def _drop(self, topic: str, why: str) -> None:
+        self.counters["dropped"] += 1
+        log.warning("dropped a message on %s: %s", topic, why)
+
+    def _events(self, body: dict[str, Any]) -> None:
+        report = self.store.ingest(body["events"])
+        self.counters["ingested"] += len(report.added)
+        self.counters["duplicates"] += report.duplicates
+        if report.rejected:
+            self.counters["dropped"] += len(report.rejected)
+        for seen in report.clamped:
+            log.warning("a peer's clock is %d ms ahead: clamped", seen.ahead_ms)
+        if report.added and self.on_ingest is not None:
+            self.on_ingest(report.added)
+
+    def _status_seen(self, who: str, payload: bytes) -> None:
+        if not payload:
+            return
+        body = STATUS.parse(payload)
+        if who == self.node:
+            if body["state"] == "offline" and body["session"] <= self.session and self.connected:
+                # our old session's will, delivered late: say we are here
+                self.publish(self.topics.status(self.node), self._status("online"), retain=True)
+            return
+        peer = self.peers.setdefault(who, Peer())
+        if body["state"] == "online":
+            peer.online, peer.session = True, body["session"]
+        elif body["session"] >= peer.session:
+            peer.online, peer.session = False, body["session"]
+        else:
+            log.info("ignored a late offline notice of %s's old session %d", who, body["session"])

@@ -199,7 +199,7 @@ class Archive:
         self.root = root
         self.readonly = readonly
         self.recovery: list[str] = []
-        self._index: dict[str, list[tuple[Path, int]]] | None = None
+        self._index: dict[str, tuple[tuple[int, int], ...]] | None = None  # tuples of ints: GC-untracked
         self.tail_jobs: set[str] = set()
         if not readonly:
             root.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ class Archive:
                 line = b"%08x\t%s\n" % (zlib.crc32(payload), payload)
                 f.write(line)
                 if self._index is not None:
-                    self._index.setdefault(job, []).append((path, offset))
+                    self._index[job] = self._index.get(job, ()) + ((len(self.segments) - 1, offset),)
                 offset += len(line)
                 self.tail_jobs.add(job)
             f.flush()
@@ -259,17 +259,17 @@ class Archive:
     def has(self, job: str) -> bool:
         return job in self.tail_jobs or job in self.index()
 
-    def index(self) -> dict[str, list[tuple[Path, int]]]:
-        """job -> where its records are; built on first use by reading every segment once."""
+    def index(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        """job -> (segment number, offset) of its records; built on first use, one read of each segment."""
         if self._index is None:
-            index: dict[str, list[tuple[Path, int]]] = {}
-            for path in self.segments:
+            index: dict[str, tuple[tuple[int, int], ...]] = {}
+            for number, path in enumerate(self.segments):
                 offset = 0
                 with open(path, "rb") as f:
                     for line in f:
                         job = _parse_line(line, check=False)
                         if job is not None:
-                            index.setdefault(job, []).append((path, offset))
+                            index[job] = index.get(job, ()) + ((number, offset),)
                         offset += len(line)
             self._index = index
         return self._index
@@ -277,8 +277,8 @@ class Archive:
     def records(self, job: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """(job, record) of one job, or of every job in archive order."""
         if job is not None:
-            for path, offset in self.index().get(job, []):
-                with open(path, "rb") as f:
+            for number, offset in self.index().get(job, ()):
+                with open(self.segments[number], "rb") as f:
                     f.seek(offset)
                     rec = _record(f.readline())
                 if rec is not None:

@@ -52,7 +52,7 @@ def test_unknown_job_and_missing_data_dir_are_told_apart(tmp_path, run_edge):
     assert "no such data dir" in missing.stderr
 
 
-def test_jobs_list_finds_the_data_dir_through_the_station_file(tmp_path, run_edge):
+def test_jobs_list_finds_the_data_dir_through_the_station_file(tmp_path, line_file, run_edge):
     _laser_node(tmp_path)
     station = tmp_path / "laser.toml"
     station.write_text('[node]\nid = "laser-1"\nline = "demo"\ndata_dir = "data"\n'

@@ -157,3 +157,20 @@ def test_any_catalogue_order_signed_by_the_backend_is_accepted(text, colour):
     verdict = verify_order(payload, LINE, NOW)
     assert verdict.ok, verdict
     assert verdict.order.options["text"] == text
+
+
+def test_worked_example_in_the_docs_is_a_valid_order():
+    import base64
+    import re
+
+    from ledger_kit import REPO
+
+    doc = (REPO / "docs" / "orders.md").read_text()
+    payload = re.search(r"Payload \(\d+ characters\):\n\n```\n(.*)\n```", doc).group(1)
+    key = re.search(r'ex1 = "([^"]+)"', doc).group(1)
+    line = make_line()
+    line.order_keys.clear()
+    line.order_keys["ex1"] = base64.b64decode(key)
+    verdict = verify_order(payload, line, 1_795_000_000 + 60)
+    assert verdict.ok, verdict
+    assert verdict.order.options["text"] == "Bonjour Lyon!"

@@ -70,12 +70,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _keep_aside(path: Path, why: str) -> Path:
+def _keep_aside(path: Path, why: str) -> Path | None:
     """Copy a damaged file to corrupt/ (never overwrite an earlier copy) and log it."""
     aside_dir = path.parent / "corrupt" if path.parent.name != "archive" else path.parent.parent / "corrupt"
-    aside_dir.mkdir(exist_ok=True)
     aside = aside_dir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 10**9:09d}"
-    aside.write_bytes(path.read_bytes())
+    try:
+        aside_dir.mkdir(exist_ok=True)
+        aside.write_bytes(path.read_bytes())
+    except OSError as exc:  # a full disk must not stop the boot
+        log.error("%s is damaged (%s); could not keep a copy: %s", path, why, exc)
+        return None
     log.warning("%s is damaged (%s); copy kept at %s", path, why, aside)
     return aside
 
@@ -348,18 +352,18 @@ class Store:
         if not self.node:
             self.close()
             raise ValueError(f"{self.data_dir} holds no node id yet; give one")
-        last = Timestamp.from_json(state["hlc"]) if state.get("hlc") else None
-        self.clock = HybridClock(self.node, last)
+        self.recovery = self.hot.recovery + self.archive.recovery
+        self.clock = HybridClock(self.node, self._stored(Timestamp.from_json, state.get("hlc"), "HLC"))
         self.vectors: dict[str, int] = dict(state.get("vector", {}))
         self.extra: dict[str, set[int]] = {o: set(s) for o, s in state.get("extra", {}).items()}
         self._events: dict[str, Event] = {}
         self._doc_ids: dict[str, int] = {}
         for doc in self.db.table("events").all():
-            ev = Event.from_json(doc)
-            self._events[ev.id] = ev
-            self._doc_ids[ev.id] = doc.doc_id
-        self._outbox = {doc["id"]: doc.doc_id for doc in self.db.table("outbox").all()}
-        self.recovery = self.hot.recovery + self.archive.recovery
+            ev = self._stored(Event.from_json, doc, "event")
+            if ev is not None:
+                self._events[ev.id] = ev
+                self._doc_ids[ev.id] = doc.doc_id
+        self._outbox = {doc.get("id"): doc.doc_id for doc in self.db.table("outbox").all()}
         if not readonly:
             self._finish_interrupted_archive()
             if not stored or self.hot.recovery:
@@ -544,6 +548,17 @@ class Store:
             table.update(doc, doc_ids=[1])
         else:
             table.insert(doc)
+
+    def _stored(self, parse: Callable[[Any], Any], value: Any, what: str) -> Any:
+        """Parse a stored record; a bad one is skipped and reported, never fatal at boot."""
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.recovery.append(f"skipped a bad stored {what}: {exc}")
+            log.error("skipped a bad stored %s: %s", what, exc)
+            return None
 
     def _node_doc(self) -> dict[str, Any]:
         doc = self.db.table("node").get(doc_id=1)

@@ -8,7 +8,7 @@ Conflicts are resolved by one rule, the lowest (hlc, id) wins, and are listed in
 state (`JobState.conflicts`) so the line sees them:
 - `duplicate_launch`: the same order was launched twice (two intakes, offline);
 - `step_contention`: a step was started by a second station while the first held it;
-- `event_after_close`: a step event arrived for a job already cancelled or completed;
+- `event_after_close`: a step or a second closing event came after the job was closed;
 - `step_repeated`: a step was started again after it was done.
 """
 
@@ -174,7 +174,9 @@ class JobState:
 
     @property
     def next_step(self) -> str | None:
-        """The first route step still to do (pending or failed), or None."""
+        """The first route step still to do (pending or failed); None once none is, or the job is closed."""
+        if not self.is_open:
+            return None
         for s in self.steps:
             if s.on_route and s.status in ("pending", "failed"):
                 return s.step
@@ -216,6 +218,9 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
                 closed = True
                 state.status = ev.type
                 state.closed_by = ev.id
+            else:
+                state.conflicts.append(Conflict("event_after_close", state.closed_by, ev.id, "",
+                                                f"{ev.type} by {ev.origin} after the job was {state.status}"))
         elif ev.type == "override":
             _apply_override(state, ev)
         elif closed:

@@ -134,3 +134,12 @@ def test_malformed_remote_event_is_refused_with_a_reason():
         Event.from_json({"id": "laser-1", "job": "J1", "type": "note", "station": "laser", "hlc": [1, 0, "x"]})
     with pytest.raises(ValueError, match="event type"):
         Event.from_json({"id": "laser-1:1", "job": "J1", "type": "explode", "station": "laser", "hlc": [1, 0, "x"]})
+
+
+def test_job_cancelled_at_intake_and_handed_over_at_pickup_is_reported():
+    evs = [event("intake-1", 1, "J1", "created", 1, product="stand", route=list(ROUTE)),
+           event("intake-1", 2, "J1", "cancelled", 5),
+           event("pickup-1", 1, "J1", "completed", 6, station="pickup")]
+    state = fold("J1", evs)
+    assert (state.status, state.next_step) == ("cancelled", None)
+    assert [(c.kind, c.loser) for c in state.conflicts] == [("event_after_close", "pickup-1:1")]

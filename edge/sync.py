@@ -346,7 +346,8 @@ class Sync:
             floor = {o: UNREACHED for o in mine}
             for origin in behind_me:
                 floor[origin] = max(vector.get(origin, 0), self.repair_marks.get((peer, origin), 0))
-            missing = list(self.store.events_since(floor))
+            waiting = {e.id for e in self.store.outbox_peek(self.store.outbox_size())}
+            missing = [e for e in self.store.events_since(floor) if e.id not in waiting]  # the drain sends those
             if missing:
                 for origin in behind_me:
                     self.repair_marks[(peer, origin)] = max(e.seq for e in missing if e.origin == origin) \

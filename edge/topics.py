@@ -8,6 +8,7 @@ author reads exactly what the code does. Pure: no paho here.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ HA_PREFIX = "homeassistant"
 PAYLOAD_VERSION = 1
 MAX_EVENTS_PAYLOAD = 256 * 1024
 MAX_SMALL_PAYLOAD = 8 * 1024
+NODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+JOB_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -186,11 +189,15 @@ class Topics:
         if not topic.startswith(self.base + "/"):
             return None
         parts = topic[len(self.base) + 1:].split("/")
-        if len(parts) == 2 and parts[0] in ("events", "sync", "job"):
+        if len(parts) == 2 and parts[0] == "job":
+            return ("job", parts[1]) if JOB_RE.match(parts[1]) else None
+        if len(parts) < 2 or not NODE_RE.match(parts[1] if parts[0] == "node" else parts[1]):
+            return None
+        if len(parts) == 2 and parts[0] in ("events", "sync"):
             return parts[0], parts[1]
         if len(parts) == 3 and parts[0] == "node" and parts[2] in ("status", "state", "cmd"):
             return parts[2], parts[1]
-        if len(parts) == 4 and parts[0] == "node" and parts[2:] == ["cmd", "response"]:
+        if len(parts) >= 4 and parts[0] == "node" and parts[2:4] == ["cmd", "response"]:
             return "cmd/response", parts[1]
         return None
 

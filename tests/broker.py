@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -23,44 +24,57 @@ def free_port() -> int:
 
 
 def make_passwords(path: Path, users: dict[str, str]) -> None:
-    """A mosquitto password file made by the real mosquitto_passwd."""
+    """A mosquitto password file made by the real mosquitto_passwd (empty for no users)."""
     path.unlink(missing_ok=True)
+    path.touch()
     for user, password in users.items():
-        flags = ["-b"] if path.exists() else ["-c", "-b"]
+        flags = ["-b"] if path.stat().st_size else ["-c", "-b"]
         subprocess.run(["mosquitto_passwd", *flags, str(path), user, password], check=True,
                        capture_output=True)
 
 
 class Broker:
-    """One mosquitto process. `conf` is the shipped hub config, rewritten for this test."""
+    """One mosquitto process running the shipped hub config, rewritten for this test:
+    its two listeners on free ports, its files in `workdir`, the shipped ACLs as they are.
 
-    def __init__(self, workdir: Path, port: int | None = None, users: dict[str, str] | None = None,
-                 anonymous: bool = False, extra: str = ""):
+    `users` are node accounts (nodes' listener, `port`), `people` the dashboard, operator and
+    Home Assistant accounts (people's listener, `people_port`).
+    """
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None,
+                 people: dict[str, str] | None = None, anonymous: bool = False, extra: str = "",
+                 people_acl: str | None = None):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.users = users or {}
+        self.port = free_port()
+        self.people_port = free_port()
         self.log = self.dir / "mosquitto.log"
         self.conf = self.dir / "mosquitto.conf"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._write_conf(anonymous, extra)
+        self._write_conf(users or {}, people or {}, anonymous, extra, people_acl)
 
-    def _write_conf(self, anonymous: bool, extra: str) -> None:
+    def _write_conf(self, users: dict[str, str], people: dict[str, str], anonymous: bool, extra: str,
+                    people_acl: str | None) -> None:
+        make_passwords(self.dir / "nodes.passwd", users)
+        make_passwords(self.dir / "people.passwd", people)
+        shutil.copy(SHIPPED / "nodes.acl", self.dir / "nodes.acl")
+        (self.dir / "people.acl").write_text(people_acl or (SHIPPED / "people.acl").read_text())
+        ports = iter([self.port, self.people_port])
         lines = []
         for line in (SHIPPED / "hub.conf").read_text().splitlines():
-            key = line.split(" ", 1)[0]
-            if key in ("listener", "password_file", "acl_file", "persistence_location", "allow_anonymous"):
-                continue
+            key, _, value = line.partition(" ")
+            if key == "listener":
+                line = f"listener {next(ports)} 127.0.0.1"
+            elif key in ("password_file", "acl_file"):
+                line = f"{key} {self.dir / Path(value).name}"
+            elif key == "persistence_location":
+                line = f"persistence_location {self.dir}/"
+            elif key == "allow_anonymous" and anonymous:
+                line = "allow_anonymous true"
             lines.append(line)
-        lines += [f"listener {self.port} 127.0.0.1", f"persistence_location {self.dir}/",
-                  f"log_dest file {self.log}", "log_type information"]
-        if anonymous:
-            lines.append("allow_anonymous true")
-        else:
-            passwd = self.dir / "passwd"
-            make_passwords(passwd, self.users)
-            shutil.copy(SHIPPED / "acl", self.dir / "acl")
-            lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {self.dir / 'acl'}"]
+        # mosquitto started as root drops to user `mosquitto`, which cannot read pytest's tmp dir
+        lines += [f"user {pwd.getpwuid(os.geteuid()).pw_name}", f"log_dest file {self.log}",
+                  "log_type information"]
         if extra:
             lines.append(extra)
         self.conf.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,167 @@
+"""Stations replicate their ledgers over a real mosquitto, and lose nothing when it fails."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import paho.mqtt.client as mqtt
+from linenodes import converged, wait_until
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+class Dashboard:
+    """A dashboard's MQTT client: subscribes to the line and keeps the last message per topic."""
+
+    def __init__(self, port: int, user: str = "dashboard", password: str = "pw-dashboard"):
+        self.messages: dict[str, bytes] = {}
+        self.retained: set[str] = set()
+        self.connected = threading.Event()
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(user, password)
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe("fabrique/#", qos=1),
+                                                         c.subscribe("homeassistant/#", qos=1),
+                                                         self.connected.set())
+        self.client.on_message = self._message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.connected.wait(10)
+
+    def _message(self, _c, _u, msg) -> None:
+        with self.lock:
+            self.messages[msg.topic] = msg.payload
+            if msg.retain:
+                self.retained.add(msg.topic)
+
+    def json(self, topic: str):
+        with self.lock:
+            payload = self.messages.get(topic)
+        return json.loads(payload) if payload else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_two_nodes_exchange_events_and_a_dashboard_sees_retained_topics(broker, line):
+    intake, laser = line["intake-1"], line["laser-1"]
+    wait_until(lambda: intake.status()["mqtt"]["connected"] and laser.status()["mqtt"]["connected"],
+               what="both nodes connected")
+    sent = intake.notes("A7K2M9", 3) + laser.notes("B1", 2)
+    wait_until(converged([intake, laser], {"intake-1": 3, "laser-1": 2}), 30, "vectors to converge")
+    assert sorted(e.id for e in laser.ledger()) == sorted(sent)
+
+    dash = Dashboard(broker.people_port)  # joins late: sees only retained state
+    try:
+        status = wait_until(lambda: dash.json("fabrique/demo/node/intake-1/status"), 10, "retained status")
+        assert status["state"] == "online" and status["kind"] == "intake" and status["session"] == 1
+        state = wait_until(lambda: dash.json("fabrique/demo/node/laser-1/state"), 10, "retained state")
+        assert state["state"] == "idle"
+        job = wait_until(lambda: dash.json("fabrique/demo/job/A7K2M9"), 10, "retained job")
+        assert job["job"] == "A7K2M9"
+        ha = wait_until(lambda: dash.json("homeassistant/sensor/laser-1/state/config"), 10, "HA discovery")
+        assert ha["state_topic"] == "fabrique/demo/node/laser-1/state"
+        assert {"fabrique/demo/node/intake-1/status", "fabrique/demo/job/A7K2M9"} <= dash.retained
+    finally:
+        dash.close()
+    assert intake.stop() == 0
+    dash = Dashboard(broker.people_port)
+    try:
+        gone = wait_until(lambda: (dash.json("fabrique/demo/node/intake-1/status") or {}).get("state") == "offline",
+                          10, "offline status after a clean stop")
+        assert gone
+    finally:
+        dash.close()
+
+
+def test_broker_down_for_a_while_loses_nothing_and_duplicates_nothing(broker, line):
+    intake, laser = line["intake-1"], line["laser-1"]
+    wait_until(lambda: intake.status()["mqtt"]["connected"] and laser.status()["mqtt"]["connected"])
+    before = intake.notes("J1", 5)
+    broker.stop()
+    wait_until(lambda: not intake.status()["mqtt"]["connected"], 20, "intake to notice the broker is gone")
+    offline = intake.notes("J1", 60, "off") + laser.notes("J2", 40, "off")
+    assert intake.status()["outbox"] >= 60  # waiting on disk, not lost
+    broker.start()
+    wait_until(converged([intake, laser], {"intake-1": 65, "laser-1": 40}), 60, "convergence after restart")
+    wait_until(lambda: intake.status()["outbox"] == 0 and laser.status()["outbox"] == 0, 30, "outboxes drained")
+    intake.stop()
+    laser.stop()
+    for node in (intake, laser):
+        ids = node.ledger_ids()
+        assert len(ids) == len(set(ids)) == 105
+        assert set(before + offline) <= set(ids)
+
+
+def test_broker_and_node_killed_mid_drain_lose_nothing(broker, line):
+    intake, laser = line["intake-1"], line["laser-1"]
+    wait_until(lambda: intake.status()["mqtt"]["connected"] and laser.status()["mqtt"]["connected"])
+    broker.stop()
+    wait_until(lambda: not intake.status()["mqtt"]["connected"], 20, "intake offline")
+    acknowledged = intake.notes("BIG", 3000, "x")
+    broker.start()
+    # kill -9 both the broker and the node while the drain is under way
+    wait_until(lambda: intake.status()["outbox"] < 3000, 30, "the drain to start")
+    broker.kill()
+    intake.kill()
+    broker.start()
+    intake.start()
+    wait_until(converged([intake, laser], {"intake-1": 3000}), 90, "convergence after kill -9")
+    intake.stop()
+    laser.stop()
+    for node in (intake, laser):
+        ids = node.ledger_ids()
+        assert len(ids) == len(set(ids)) == 3000
+        assert set(ids) == set(acknowledged)
+
+
+def test_frozen_broker_is_noticed_by_keepalive_and_work_goes_on(broker, line):
+    intake, laser = line["intake-1"], line["laser-1"]
+    wait_until(lambda: intake.status()["mqtt"]["connected"] and laser.status()["mqtt"]["connected"])
+    broker.pause()
+    try:
+        wait_until(lambda: not intake.status()["mqtt"]["connected"], 30, "keepalive to notice SIGSTOP")
+        frozen = intake.notes("F1", 20, "frozen")  # the station keeps working
+        assert intake.status()["outbox"] == 20
+    finally:
+        broker.resume()
+    wait_until(converged([intake, laser], {"intake-1": 20}), 60, "recovery after SIGCONT")
+    laser.stop()
+    assert sorted(laser.ledger_ids()) == sorted(frozen)
+
+
+def test_late_joiner_with_an_empty_store_gets_the_full_history(broker, line):
+    intake, laser = line["intake-1"], line["laser-1"]
+    history = intake.notes("H1", 30) + laser.notes("H2", 20)
+    wait_until(converged([intake, laser], {"intake-1": 30, "laser-1": 20}), 30, "first two nodes")
+    assert intake.stop() == 0  # intake is gone: its history must come from laser
+    spare = line["spare-1"]
+    wait_until(converged([spare], {"intake-1": 30, "laser-1": 20}), 60, "the new node to converge")
+    spare.stop()
+    ids = spare.ledger_ids()
+    assert len(ids) == len(set(ids)) and set(ids) == set(history)
+
+
+def test_duplicate_and_reordered_deliveries_change_nothing(broker, line):
+    intake, laser = line["intake-1"], line["laser-1"]
+    intake.notes("D1", 10)
+    laser.notes("D1", 5)
+    wait_until(converged([intake, laser], {"intake-1": 10, "laser-1": 5}), 30)
+    before = laser.command("job D1")
+    events = [e.to_json() for e in intake.ledger()]
+    rogue = Dashboard(broker.port, "rogue-1", "pw-rogue-1-test")
+    try:
+        for batch in (events[::-1], events[3:7] * 3, events):
+            info = rogue.client.publish("fabrique/demo/events/rogue-1", json.dumps({"v": 1, "events": batch}), qos=1)
+            info.wait_for_publish(10)
+        marker = laser.notes("D2", 1)  # events are applied in order: once this is stored, so are the replays
+        wait_until(converged([intake], {"intake-1": 10, "laser-1": 6}), 30)
+    finally:
+        rogue.close()
+    assert laser.command("job D1") == before
+    status = laser.status()
+    assert status["mqtt"]["duplicates"] >= len(events) * 2
+    laser.stop()
+    ids = laser.ledger_ids()
+    assert len(ids) == len(set(ids)) == 16 and marker[0] in ids

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ledger_kit import ROUTE, event
 
 from edge.store import HOT_FILE, Store, StoreBusy
@@ -195,3 +198,20 @@ def test_data_dir_of_another_node_is_refused(tmp_path):
     _three_events(tmp_path)
     with pytest.raises(ValueError, match="belongs to node 'intake-1'"):
         Store.open(tmp_path, "laser-1")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2_000_000_000_000), st.booleans()), min_size=1, max_size=12))
+def test_events_stay_in_order_across_reboots_whatever_the_wall_clock_says(steps):
+    with tempfile.TemporaryDirectory() as tmp:
+        stamps = []
+        store = Store.open(tmp, "intake-1")
+        for wall, reboot in steps:
+            if reboot:
+                store.close()
+                store = Store.open(tmp, "intake-1", wall=lambda w=wall: w)
+            store.wall = lambda w=wall: w
+            stamps.append(store.append("J1", "note", "intake").hlc)
+        store.close()
+        assert stamps == sorted(stamps)
+        assert len(set(stamps)) == len(stamps)

@@ -205,6 +205,7 @@ class Archive:
         self.recovery: list[str] = []
         self._index: dict[str, tuple[tuple[int, int], ...]] | None = None  # tuples of ints: GC-untracked
         self.tail_jobs: set[str] = set()
+        self.last_line: bytes | None = None  # the newest record: the one a crash may have orphaned
         if not readonly:
             root.mkdir(parents=True, exist_ok=True)
         self.segments = sorted(root.glob("seg-*.jsonl")) if root.exists() else []
@@ -222,6 +223,7 @@ class Archive:
             good += len(line)
             count += 1
             self.tail_jobs.add(job)
+            self.last_line = line
         if good < len(blob):
             why = f"{len(blob) - good} bad bytes after record {count}"
             self.recovery.append(f"{path.name}: {why}")
@@ -249,6 +251,7 @@ class Archive:
                 payload = f"{_dumps(job)}\t{_dumps(record)}".encode()
                 line = b"%08x\t%s\n" % (zlib.crc32(payload), payload)
                 f.write(line)
+                self.last_line = line
                 if self._index is not None:
                     self._index[job] = self._index.get(job, ()) + ((len(self.segments) - 1, offset),)
                 offset += len(line)
@@ -530,6 +533,10 @@ class Store:
         else:
             self._events[ev.id] = ev
             self._doc_ids[ev.id] = self.db.table("events").insert(ev.to_json())
+        self._mark_seen(ev)
+
+    def _mark_seen(self, ev: Event) -> None:
+        """Advance the version vector (highest contiguous seq) or park the seq above a gap."""
         mark = self.vectors.get(ev.origin, 0)
         extra = self.extra.setdefault(ev.origin, set())
         extra.add(ev.seq)
@@ -584,3 +591,14 @@ class Store:
             self.recovery.append(f"finished archiving {len(both)} job(s) interrupted by a crash")
             log.warning("finishing an archive interrupted by a crash (%d events)", len(drop))
             self._drop_from_hot(drop)
+        # An event for an archived job goes to the archive first: if the crash came before the
+        # hot write, mark it seen now, so its seq is never issued again nor its HLC undercut.
+        record = _record(self.archive.last_line) if self.archive.last_line else None
+        orphans = [ev for raw in (record[1].get("events", []) if record else [])
+                   if (ev := self._stored(Event.from_json, raw, "archived event")) and not self._seen(ev)]
+        for ev in orphans:
+            self._mark_seen(ev)
+            self.clock.observe(ev.hlc, self.wall())
+        if orphans:
+            self.recovery.append(f"adopted {len(orphans)} archived event(s) written just before a crash")
+            self._save()

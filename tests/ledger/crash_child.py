@@ -24,6 +24,8 @@ def main(data_dir: str, round_no: str) -> None:
             n += 1
             if n % 3 == 0:
                 store.archive_closed()
+                late = store.append(f"J{round_no}-{n - 2}", "note", "intake", {"text": "late"})  # archived job
+                print(late.id, flush=True)
             if n % 4 == 0:
                 store.outbox_ack(e.id for e in store.outbox_peek(6))
 

@@ -215,3 +215,17 @@ def test_events_stay_in_order_across_reboots_whatever_the_wall_clock_says(steps)
         store.close()
         assert stamps == sorted(stamps)
         assert len(set(stamps)) == len(stamps)
+
+
+def test_note_on_an_archived_job_cut_off_by_a_power_cut_never_reuses_its_id(tmp_path):
+    with Store.open(tmp_path, "intake-1") as store:
+        store.append("J1", "created", "intake", LAUNCH)
+        store.append("J1", "completed", "intake")
+        store.archive_closed()
+        note = event("intake-1", 3, "J1", "note", store.clock.last.wall_ms + 10, text="late")
+        store.archive.append([("J1", {"state": {"job": "J1"}, "events": [note.to_json()]})])  # then: power cut
+    with Store.open(tmp_path) as store:
+        after = store.append("J1", "note", "intake", {"text": "after reboot"})
+        assert after.id == "intake-1:4"
+        assert after.hlc > note.hlc
+        assert [e.id for e in store.job_events("J1")] == ["intake-1:1", "intake-1:2", "intake-1:3", "intake-1:4"]

@@ -65,14 +65,16 @@ def test_store_with_every_file_destroyed_still_boots_empty(tmp_path):
         assert store.append("J2", "note", "intake").id == "intake-1:1"
 
 
-def test_torn_archive_tail_is_cut_back_to_the_last_whole_record(tmp_path):
+@pytest.mark.parametrize("tail", [b'1234abcd\t"J2"\t{"state": {"job": "J2"}, "ev', b"\0" * 4096,
+                                  b"garbage\nmore garbage\n"], ids=["torn", "zero_filled", "garbage"])
+def test_damaged_archive_tail_is_cut_back_to_the_last_whole_record(tmp_path, tail):
     with Store.open(tmp_path, "intake-1") as store:
         store.append("J1", "created", "intake", LAUNCH)
         store.append("J1", "completed", "intake")
         assert store.archive_closed() == ["J1"]
     segment = next((tmp_path / "archive").glob("seg-*.jsonl"))
     good = segment.read_bytes()
-    segment.write_bytes(good + b'1234abcd\t"J2"\t{"state": {"job": "J2"}, "ev')
+    segment.write_bytes(good + tail)
     with Store.open(tmp_path, "intake-1") as store:
         assert store.job("J1").status == "completed"
         assert [r["job"] for r in store.archived_jobs()] == ["J1"]

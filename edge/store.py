@@ -515,6 +515,11 @@ class Store:
     def outbox_size(self) -> int:
         return len(self._outbox)
 
+    def best_time_s(self) -> float:
+        """Unix seconds, never below the latest HLC reading: pass this as `now` to verify_order,
+        so a Pi that boots in 1970 (no RTC) still refuses orders that expired before it stopped."""
+        return max(self.wall(), self.clock.last.wall_ms) / 1000
+
     # ------------------------------------------------------------ internals
 
     def _job_events(self, job: str) -> list[Event]:

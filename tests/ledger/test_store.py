@@ -231,3 +231,15 @@ def test_note_on_an_archived_job_cut_off_by_a_power_cut_never_reuses_its_id(tmp_
         assert after.id == "intake-1:4"
         assert after.hlc > note.hlc
         assert [e.id for e in store.job_events("J1")] == ["intake-1:1", "intake-1:2", "intake-1:3", "intake-1:4"]
+
+
+def test_pi_rebooting_into_1970_still_knows_an_old_order_has_expired(tmp_path):
+    from ledger_kit import NOW, make_line, signed
+
+    from edge.orders import verify_order
+
+    with Store.open(tmp_path, "intake-1", wall=lambda: NOW * 1000) as store:
+        store.append("J1", "note", "intake")
+    with Store.open(tmp_path, "intake-1", wall=lambda: 0) as store:
+        verdict = verify_order(signed(expires_at=NOW - 60), make_line(), store.best_time_s())
+    assert verdict.reason == "expired"

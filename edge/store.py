@@ -332,7 +332,11 @@ class IngestReport:
 
 
 class Store:
-    """One node's ledger on disk. Open with `Store.open(data_dir, node)`; use as a context manager."""
+    """One node's ledger on disk. Open with `Store.open(data_dir, node)`; use as a context manager.
+
+    Not thread-safe: the node's loop thread owns it (DESIGN.md, runtime model). One writer per
+    data dir (flock); any number of `readonly=True` readers (the `edge jobs` commands).
+    """
 
     def __init__(self, data_dir: Path, node: str | None = None, readonly: bool = False,
                  wall: Wall = wall_ms):
@@ -401,7 +405,11 @@ class Store:
     # ------------------------------------------------------------ writing
 
     def append(self, job: str, type: str, station: str, data: Mapping[str, Any] | None = None) -> Event:
-        """Record a local event: next seq, a fresh HLC stamp, into the outbox. Durable on return."""
+        """Record a local event: next seq, a fresh HLC stamp, into the outbox. Durable on return.
+
+        Raises ValueError for an unknown event type. If the disk write fails (OSError), the
+        event stays in memory and is written with the next successful write.
+        """
         seq = max([self.vectors.get(self.node, 0), *self.extra.get(self.node, ())]) + 1
         ev = Event.from_json({"id": event_id(self.node, seq), "job": job, "type": type, "station": station,
                               "hlc": self.clock.tick(self.wall()).to_json(), "data": dict(data or {})})

@@ -1,0 +1,12 @@
+"""Simulated serial devices on real pseudo-terminals, and a noise proxy between two of them.
+
+Each simulator owns the master side of a pty; the host opens ``device.port`` (the slave
+path) with pyserial exactly as it would open ``/dev/ttyUSB0``. ``unplug()`` closes the
+master: the host then sees what a yanked USB cable gives it (EIO on read).
+"""
+
+from firmware_bridge.sim.board import SimulatedBoard
+from firmware_bridge.sim.noise import NoiseProxy
+from firmware_bridge.sim.terminal import PtyDevice
+
+__all__ = ["NoiseProxy", "PtyDevice", "SimulatedBoard", "SimulatedGrbl", "SimulatedMarlin"]

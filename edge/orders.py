@@ -20,6 +20,7 @@ import base64
 import logging
 import re
 import struct
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -330,6 +331,8 @@ def _check_options(given: Mapping[str, str | int],
                 return {}, _reject("bad_option", f"option {name!r} is required")
             continue
         value = given[name]
+        if isinstance(value, str):  # a phone may send "é" as e + combining accent: engrave one letter
+            value = unicodedata.normalize("NFC", value)
         problem = _check_value(spec, value)
         if problem is not None:
             return {}, problem
@@ -352,6 +355,8 @@ def _check_value(spec: OptionSpec, value: str | int) -> Verdict | None:
         if value not in spec.choices:
             return _reject("bad_option", f"option {name!r} = {value!r} is not one of {', '.join(spec.choices)}")
         return None
+    if spec.required and not value.strip():
+        return _reject("bad_option", f"option {name!r} is required and is empty")
     limit = spec.max_length or 20
     if len(value) > limit:
         return _reject("too_long", f"option {name!r} has {len(value)} characters; at most {limit}")

@@ -174,3 +174,16 @@ def test_worked_example_in_the_docs_is_a_valid_order():
     verdict = verify_order(payload, line, 1_795_000_000 + 60)
     assert verdict.ok, verdict
     assert verdict.order.options["text"] == "Bonjour Lyon!"
+
+
+def test_empty_engraving_on_a_keyring_that_needs_one_is_rejected(line):
+    assert verify_order(signed(product="keyring", options={"text": "  "}), line, NOW).reason == "bad_option"
+
+
+def test_accent_typed_as_two_code_points_is_engraved_as_one_letter(line):
+    from edge.config import OptionSpec
+
+    line.products["keyring"].options["text"] = OptionSpec("text", "text", max_length=5, charset="Leéa")
+    verdict = verify_order(signed(product="keyring", options={"text": "Le\u0301a"}), line, NOW)
+    assert verdict.ok, verdict
+    assert verdict.order.options["text"] == "Léa"

@@ -181,9 +181,10 @@ def test_empty_engraving_on_a_keyring_that_needs_one_is_rejected(line):
 
 
 def test_accent_typed_as_two_code_points_is_engraved_as_one_letter(line):
-    from edge.config import OptionSpec
+    from edge.config import OptionSpec, Product
 
-    line.products["keyring"].options["text"] = OptionSpec("text", "text", max_length=5, charset="Leéa")
+    text = OptionSpec("text", "text", max_length=5, charset="Leéa")
+    line.products["keyring"] = Product("keyring", "Keyring", ("laser",), {"text": text})
     verdict = verify_order(signed(product="keyring", options={"text": "Le\u0301a"}), line, NOW)
     assert verdict.ok, verdict
     assert verdict.order.options["text"] == "Léa"

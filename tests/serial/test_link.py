@@ -7,7 +7,13 @@ import threading
 import pytest
 
 from firmware_bridge import protocol as p
-from firmware_bridge.link import BoardLink, BoardRestarted, CommandRefused, DeviceUnplugged, IncompatibleFirmware
+from firmware_bridge.link import (
+    BoardLink,
+    BoardRestarted,
+    CommandRefused,
+    DeviceUnplugged,
+    IncompatibleFirmware,
+)
 from firmware_bridge.sim.board import BoardLogic, SimulatedBoard
 from firmware_bridge.sim.noise import LineNoise, NoiseProxy
 

@@ -3,10 +3,12 @@
 Each simulator owns the master side of a pty; the host opens ``device.port`` (the slave
 path) with pyserial exactly as it would open ``/dev/ttyUSB0``. ``unplug()`` closes the
 master: the host then sees what a yanked USB cable gives it (EIO on read).
+``SimulatedFirmware`` (in ``sim.avr``) runs the real firmware binary in simavr instead.
 """
 
-from firmware_bridge.sim.board import SimulatedBoard
-from firmware_bridge.sim.noise import NoiseProxy
+from firmware_bridge.sim.board import BoardLogic, SimulatedBoard
+from firmware_bridge.sim.grbl import SimulatedGrbl
+from firmware_bridge.sim.noise import LineNoise, NoiseProxy
 from firmware_bridge.sim.terminal import PtyDevice
 
-__all__ = ["NoiseProxy", "PtyDevice", "SimulatedBoard", "SimulatedGrbl", "SimulatedMarlin"]
+__all__ = ["BoardLogic", "LineNoise", "NoiseProxy", "PtyDevice", "SimulatedBoard", "SimulatedGrbl"]

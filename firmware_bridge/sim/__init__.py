@@ -8,7 +8,17 @@ master: the host then sees what a yanked USB cable gives it (EIO on read).
 
 from firmware_bridge.sim.board import BoardLogic, SimulatedBoard
 from firmware_bridge.sim.grbl import SimulatedGrbl
+from firmware_bridge.sim.marlin import MarlinFaults, SimulatedMarlin
 from firmware_bridge.sim.noise import LineNoise, NoiseProxy
 from firmware_bridge.sim.terminal import PtyDevice
 
-__all__ = ["BoardLogic", "LineNoise", "NoiseProxy", "PtyDevice", "SimulatedBoard", "SimulatedGrbl"]
+__all__ = [
+    "BoardLogic",
+    "LineNoise",
+    "MarlinFaults",
+    "NoiseProxy",
+    "PtyDevice",
+    "SimulatedBoard",
+    "SimulatedGrbl",
+    "SimulatedMarlin",
+]

@@ -95,6 +95,8 @@ class MqttConfig:
     ca_file: Path | None
     keepalive: int
     protocol: int = 5
+    inflight: int = 16
+    batch: int = 500
 
 
 @dataclass(frozen=True)
@@ -434,11 +436,14 @@ def _read_mqtt(doc: Document, node: NodeConfig) -> MqttConfig:
     ca_file = s.get_path("ca_file", None)
     keepalive = s.get_int("keepalive", 15, 1, 600)
     protocol = s.get_str("protocol", "5", choices=("5", "3.1.1"))
+    inflight = s.get_int("inflight", 16, 1, 1000)
+    batch = s.get_int("batch", 500, 1, 1000)
     if ca_file is not None and tls is False:
         s.issue("ca_file", "is set but tls = false; set tls = true to use it")
     s.finish()
     return MqttConfig(bool(enabled), host or "localhost", port or 1883, username, password_file,
-                      bool(tls), ca_file, keepalive or 15, 4 if protocol == "3.1.1" else 5)
+                      bool(tls), ca_file, keepalive or 15, 4 if protocol == "3.1.1" else 5,
+                      inflight or 16, batch or 500)
 
 
 def _read_station(doc: Document) -> StationSection:

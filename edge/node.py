@@ -134,7 +134,8 @@ class Node:
                         str(mqtt.ca_file) if mqtt.ca_file else None, mqtt.protocol)
         node = self.config.node
         self.sync = Sync(node.id, node.line, self.config.station.kind, link, self.store, self.post,
-                         self.session, on_ingest=self._on_ingest, on_command=self._on_mqtt_command)
+                         self.session, window=mqtt.inflight, batch=mqtt.batch,
+                         on_ingest=self._on_ingest, on_command=self._on_mqtt_command)
         self.sync.extra_subscriptions.append(HA_STATUS_TOPIC)
         self.sync.message_hooks[HA_STATUS_TOPIC] = self._on_ha_status
         self.sync.on_connect_hooks += [self._announce, self.publish_state]
@@ -194,6 +195,8 @@ class Node:
                 event = None
             if event is not None:
                 self.apply(event)
+                if self.queue.empty() and self.sync is not None:
+                    self.sync.flush()  # group commit: everything that arrived, in one write
             now = time.monotonic()
             if interval and now - last_ping >= interval:
                 self.notifier.watchdog()

@@ -364,11 +364,13 @@ class Store:
         self.vectors: dict[str, int] = dict(state.get("vector", {}))
         self.extra: dict[str, set[int]] = {o: set(s) for o, s in state.get("extra", {}).items()}
         self._events: dict[str, Event] = {}
+        self._by_job: dict[str, set[str]] = {}
         self._doc_ids: dict[str, int] = {}
         for doc in self.db.table("events").all():
             ev = self._stored(Event.from_json, doc, "event")
             if ev is not None:
                 self._events[ev.id] = ev
+                self._by_job.setdefault(ev.job, set()).add(ev.id)
                 self._doc_ids[ev.id] = doc.doc_id
         self._outbox = {doc.get("id"): doc.doc_id for doc in self.db.table("outbox").all()}
         if not readonly:
@@ -423,6 +425,7 @@ class Store:
         """Take remote events (any order, duplicates welcome). Durable on return; idempotent."""
         report = IngestReport()
         now = self.wall()
+        pending: list[Event] = []
         with self.hot.transaction():
             for raw in events:
                 try:
@@ -437,16 +440,21 @@ class Store:
                 seen = self.clock.observe(ev.hlc, now)
                 if seen.clamped:
                     report.clamped.append(seen)
-                self._store(ev)
+                self._store(ev, pending)
                 report.added.append(ev)
+            if pending:  # one table update for the batch: TinyDB's insert costs the table's size
+                for ev, doc_id in zip(pending, self.db.table("events").insert_multiple(e.to_json() for e in pending),
+                                      strict=True):
+                    self._doc_ids[ev.id] = doc_id
             if report.added:
                 self._save()
         return report
 
     def outbox_peek(self, limit: int = 100) -> list[Event]:
         """The oldest local events not yet acknowledged by the broker, in seq order."""
-        docs = sorted(self.db.table("outbox").all(), key=lambda d: Event.from_json(d).seq)
-        return [Event.from_json(d) for d in docs[:limit]]
+        oldest = sorted(self._outbox, key=lambda i: int(i.rpartition(":")[2]))[:limit]
+        table = self.db.table("outbox")
+        return [Event.from_json(table.get(doc_id=self._outbox[i])) for i in oldest]
 
     def outbox_ack(self, ids: Iterable[str]) -> int:
         """Drop acknowledged events from the outbox; returns how many were there."""
@@ -531,21 +539,25 @@ class Store:
     # ------------------------------------------------------------ internals
 
     def _job_events(self, job: str) -> list[Event]:
-        return [e for e in self._events.values() if e.job == job]
+        return [self._events[i] for i in self._by_job.get(job, ())]
 
     def _seen(self, ev: Event) -> bool:
         return (ev.seq <= self.vectors.get(ev.origin, 0) or ev.seq in self.extra.get(ev.origin, ())
                 or ev.id in self._events)
 
-    def _store(self, ev: Event) -> None:
+    def _store(self, ev: Event, pending: list[Event] | None = None) -> None:
         """Put a new event in the hot set (or beside its archived job) and mark it seen."""
-        in_hot = any(e.job == ev.job for e in self._events.values())
+        in_hot = ev.job in self._by_job
         if not in_hot and self.archive.has(ev.job):
             events = self.job_events(ev.job) + [ev]
             self.archive.append([(ev.job, {"state": fold(ev.job, events).to_json(), "events": [ev.to_json()]})])
         else:
             self._events[ev.id] = ev
-            self._doc_ids[ev.id] = self.db.table("events").insert(ev.to_json())
+            self._by_job.setdefault(ev.job, set()).add(ev.id)
+            if pending is None:
+                self._doc_ids[ev.id] = self.db.table("events").insert(ev.to_json())
+            else:
+                pending.append(ev)
         self._mark_seen(ev)
 
     def _mark_seen(self, ev: Event) -> None:
@@ -587,7 +599,13 @@ class Store:
     def _drop_from_hot(self, ids: list[str]) -> None:
         doc_ids = [self._doc_ids.pop(i) for i in ids if i in self._doc_ids]
         for i in ids:
-            self._events.pop(i, None)
+            ev = self._events.pop(i, None)
+            if ev is not None:
+                same_job = self._by_job.get(ev.job)
+                if same_job is not None:
+                    same_job.discard(i)
+                    if not same_job:
+                        del self._by_job[ev.job]
         if doc_ids:
             self.db.table("events").remove(doc_ids=doc_ids)
 

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 Post = Callable[[str, dict[str, Any]], None]
 SESSION_EXPIRY_S = 7 * 86400
 UNREACHED = 1 << 62
+GRACE_S = 2.0  # an event acked this recently may still be on its way to a peer: not missing yet
+RESEND_AFTER_S = 10.0  # a range re-sent to everyone is not re-sent again for this long
 
 
 @dataclass
@@ -63,12 +66,13 @@ class Peer:
     online: bool = False
     session: int = -1
     vector: dict[str, int] = field(default_factory=dict)
+    vector_session: int | None = None
 
 
 class Network(threading.Thread):
     """Connects, runs paho's loop and reconnects forever; reports by posting events."""
 
-    def __init__(self, sync: Sync, min_delay: float = 0.2, max_delay: float = 10.0):
+    def __init__(self, sync: Sync, min_delay: float = 0.2, max_delay: float = 1.0):
         super().__init__(name=f"mqtt-{sync.node}", daemon=True)
         self.sync = sync
         self.min_delay = min_delay
@@ -93,6 +97,9 @@ class Network(threading.Thread):
                     client.connect(link.host, link.port, link.keepalive, clean_start=False, properties=props)
                 else:
                     client.connect(link.host, link.port, link.keepalive)
+                sock = client.socket()
+                if isinstance(sock, socket.socket):  # small messages: no Nagle delay
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.client = client
                 self._loop(client, link.keepalive)
             except (OSError, ValueError) as exc:
@@ -130,7 +137,7 @@ class Sync:
     """Replicates one node's ledger; `handle()` runs on the node loop, nothing else touches state."""
 
     def __init__(self, node: str, line: str, kind: str, link: MqttLink, store: Store, post: Post,
-                 session: int, window: int = 16, batch: int = 200, resync_s: float = 30.0,
+                 session: int, window: int = 16, batch: int = 500, resync_s: float = 30.0,
                  on_ingest: Callable[[list[Event]], None] | None = None,
                  on_command: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None):
         self.node = node
@@ -150,11 +157,15 @@ class Sync:
         self.inflight: dict[int, list[str]] = {}
         self.inflight_ids: set[str] = set()
         self.repairs: list[Event] = []
-        self.repair_marks: dict[tuple[str, str], int] = {}
+        self.repaired: dict[str, tuple[int, float]] = {}
+        self.recent_acks: list[tuple[float, int]] = []
+        self.vector_changed_at = time.monotonic()
         self.peers: dict[str, Peer] = {}
         self.counters = {"published": 0, "received": 0, "ingested": 0, "duplicates": 0, "dropped": 0,
                          "repaired": 0, "connects": 0}
         self.last_vector_sent = 0.0
+        self.vector_wanted = False
+        self.received: list[Any] = []
         self.extra_subscriptions: list[str] = []
         self.on_connect_hooks: list[Callable[[], None]] = []
         self.message_hooks: dict[str, Callable[[str, bytes, Any], None]] = {}
@@ -242,7 +253,6 @@ class Sync:
         self.inflight.clear()
         self.inflight_ids.clear()
         self.repairs.clear()
-        self.repair_marks.clear()
         client = self._client()
         assert client is not None
         log.info("connected to %s:%d (MQTT %s, session %d, outbox %d)", self.link.host, self.link.port,
@@ -308,6 +318,7 @@ class Sync:
         if ids:
             self.store.outbox_ack(ids)
             self.inflight_ids.difference_update(ids)
+            self.recent_acks.append((time.monotonic(), min(int(i.rpartition(":")[2]) for i in ids)))
         self.drain()
 
     # -- anti-entropy
@@ -315,12 +326,22 @@ class Sync:
         payload = {"v": PAYLOAD_VERSION, "vector": self.store.vector(), "session": self.session}
         if self.publish(self.topics.sync(self.node), json.dumps(payload).encode()) is not None:
             self.last_vector_sent = time.monotonic()
+            self.vector_wanted = False
 
     def tick(self) -> None:
-        """Called by the node loop about once a second: periodic vector, drain retries."""
-        if self.connected and time.monotonic() - self.last_vector_sent >= self.resync_s:
-            self.send_vector()
+        """Called by the node loop about once a second: periodic and stall-driven vectors, drain."""
+        now = time.monotonic()
+        if self.connected:
+            stalled = now - self.vector_changed_at > GRACE_S and self._peers_ahead()
+            if (self.vector_wanted or now - self.last_vector_sent >= self.resync_s
+                    or (stalled and now - self.last_vector_sent > GRACE_S)):
+                self.send_vector()
+        self.recent_acks = [(t, seq) for t, seq in self.recent_acks if now - t < GRACE_S]
         self.drain()
+
+    def _peers_ahead(self) -> bool:
+        mine = self.store.vector()
+        return any(n > mine.get(o, 0) for p in self.peers.values() for o, n in p.vector.items())
 
     def _responsible_for(self, origin: str, asker: str) -> bool:
         if origin == asker:
@@ -338,25 +359,28 @@ class Sync:
         return bool(holders) and holders[0] == self.node
 
     def _peer_vector(self, peer: str, vector: dict[str, int]) -> None:
-        info = self.peers.setdefault(peer, Peer())
-        info.vector = vector
+        """A peer told us what it holds: re-send, to everyone, what it lacks and we answer for."""
+        self.peers.setdefault(peer, Peer()).vector = vector
         mine = self.store.vector()
-        behind_me = {o: n for o, n in mine.items() if n > vector.get(o, 0) and self._responsible_for(o, peer)}
-        if behind_me:
-            floor = {o: UNREACHED for o in mine}
-            for origin in behind_me:
-                floor[origin] = max(vector.get(origin, 0), self.repair_marks.get((peer, origin), 0))
-            waiting = {e.id for e in self.store.outbox_peek(self.store.outbox_size())}
-            missing = [e for e in self.store.events_since(floor) if e.id not in waiting]  # the drain sends those
-            if missing:
-                for origin in behind_me:
-                    self.repair_marks[(peer, origin)] = max(e.seq for e in missing if e.origin == origin) \
-                        if any(e.origin == origin for e in missing) else self.repair_marks.get((peer, origin), 0)
-                log.info("peer %s lacks %d event(s): re-sending", peer, len(missing))
-                self.repairs.extend(missing)
-                self.drain()
-        if any(n > mine.get(o, 0) for o, n in vector.items()) and time.monotonic() - self.last_vector_sent > 1:
-            self.send_vector()  # they have what we lack: tell them our vector
+        now = time.monotonic()
+        floor = {o: UNREACHED for o in mine}
+        for origin, have in mine.items():
+            if have > vector.get(origin, 0) and self._responsible_for(origin, peer):
+                upto, when = self.repaired.get(origin, (0, 0.0))
+                floor[origin] = max(vector.get(origin, 0), upto if now - when < RESEND_AFTER_S else 0)
+        if all(f == UNREACHED for f in floor.values()):
+            return
+        waiting = {e.id for e in self.store.outbox_peek(self.store.outbox_size())}  # the drain sends those
+        just_acked = min((seq for _t, seq in self.recent_acks), default=UNREACHED)  # may still be in transit
+        missing = [e for e in self.store.events_since(floor) if e.id not in waiting
+                   and not (e.origin == self.node and e.seq >= just_acked)]
+        if not missing:
+            return
+        for origin in {e.origin for e in missing}:
+            self.repaired[origin] = (max(e.seq for e in missing if e.origin == origin), now)
+        log.info("peer %s lacks %d event(s): re-sending", peer, len(missing))
+        self.repairs.extend(missing)
+        self.drain()
 
     # -- incoming
     def _message(self, topic: str, payload: bytes, props: Any, retain: bool) -> None:
@@ -377,6 +401,12 @@ class Sync:
                 if who != self.node:
                     body = SYNC.parse(payload)
                     vector = {o: n for o, n in body["vector"].items() if isinstance(n, int) and not isinstance(n, bool)}
+                    peer = self.peers.setdefault(who, Peer())
+                    if body.get("session") != peer.vector_session:
+                        # a peer's first vector of a session: answer with ours, so a node that
+                        # subscribed late still learns what everyone holds
+                        peer.vector_session = body.get("session")
+                        self.vector_wanted = True
                     self._peer_vector(who, vector)
             elif kind == "status":
                 self._status_seen(who, payload)
@@ -390,7 +420,19 @@ class Sync:
         log.warning("dropped a message on %s: %s", topic, why)
 
     def _events(self, body: dict[str, Any]) -> None:
-        report = self.store.ingest(body["events"])
+        self.received.extend(body["events"])
+        if len(self.received) >= 5000:
+            self.flush()
+
+    def flush(self) -> None:
+        """Ingest what arrived (one durable write for all of it); the node calls this when its
+        queue is empty, so a burst costs a few writes, not one per message."""
+        if not self.received:
+            return
+        batch, self.received = self.received, []
+        report = self.store.ingest(batch)
+        if report.added:
+            self.vector_changed_at = time.monotonic()
         self.counters["ingested"] += len(report.added)
         self.counters["duplicates"] += report.duplicates
         if report.rejected:

@@ -32,7 +32,7 @@ class LineNode:
     """One node process of the test line."""
 
     def __init__(self, workdir: Path, name: str, port: int, keepalive: int = 2, protocol: str = "5",
-                 username: str | None = None, password: str | None = None):
+                 username: str | None = None, password: str | None = None, mqtt_extra: str = ""):
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ username = "{username or name}"
 password_file = "{pw}"
 keepalive = {keepalive}
 protocol = "{protocol}"
-
+{mqtt_extra}
 [station]
 kind = "{kind}"
 

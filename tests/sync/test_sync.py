@@ -6,7 +6,7 @@ import json
 import threading
 
 import paho.mqtt.client as mqtt
-from linenodes import converged, wait_until
+from linenodes import LineNode, converged, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 
@@ -94,26 +94,32 @@ def test_broker_down_for_a_while_loses_nothing_and_duplicates_nothing(broker, li
         assert set(before + offline) <= set(ids)
 
 
-def test_broker_and_node_killed_mid_drain_lose_nothing(broker, line):
-    intake, laser = line["intake-1"], line["laser-1"]
-    wait_until(lambda: intake.status()["mqtt"]["connected"] and laser.status()["mqtt"]["connected"])
-    broker.stop()
-    wait_until(lambda: not intake.status()["mqtt"]["connected"], 20, "intake offline")
-    acknowledged = intake.notes("BIG", 3000, "x")
-    broker.start()
-    # kill -9 both the broker and the node while the drain is under way
-    wait_until(lambda: intake.status()["outbox"] < 3000, 30, "the drain to start")
-    broker.kill()
-    intake.kill()
-    broker.start()
-    intake.start()
-    wait_until(converged([intake, laser], {"intake-1": 3000}), 90, "convergence after kill -9")
-    intake.stop()
-    laser.stop()
-    for node in (intake, laser):
-        ids = node.ledger_ids()
-        assert len(ids) == len(set(ids)) == 3000
-        assert set(ids) == set(acknowledged)
+def test_broker_and_node_killed_mid_drain_lose_nothing(tmp_path, broker, line):
+    laser = line["laser-1"]
+    # a slow drain (one 5-event message in flight at a time), so the kill lands in its middle
+    intake = LineNode(tmp_path, "intake-1", broker.port, mqtt_extra="inflight = 1\nbatch = 5").start()
+    try:
+        wait_until(lambda: intake.status()["mqtt"]["connected"] and laser.status()["mqtt"]["connected"])
+        broker.stop()
+        wait_until(lambda: not intake.status()["mqtt"]["connected"], 20, "intake offline")
+        acknowledged = intake.notes("BIG", 800, "x")
+        broker.start()
+        wait_until(lambda: intake.status()["outbox"] < 700, 30, "the drain to be under way")
+        broker.kill()
+        left = intake.status()["outbox"]
+        intake.kill()
+        assert 0 < left < 800, "the kill did not land mid-drain"
+        broker.start()
+        intake.start()
+        wait_until(converged([intake, laser], {"intake-1": 800}), 90, "convergence after kill -9")
+        intake.stop()
+        laser.stop()
+        for node in (intake, laser):
+            ids = node.ledger_ids()
+            assert len(ids) == len(set(ids)) == 800
+            assert set(ids) == set(acknowledged)
+    finally:
+        intake.kill()
 
 
 def test_frozen_broker_is_noticed_by_keepalive_and_work_goes_on(broker, line):

@@ -1,0 +1,237 @@
+"""MQTT sync benchmark: raw broker latency, node-to-node handoff, and convergence after an outage.
+
+Prints one JSON object:
+  raw        paho + mosquitto QoS 1 on loopback: one-way (publish -> delivery) and round trip
+             (request -> echo -> reply), p50/p99 in ms
+  handoff    event appended (durably) on node A -> ingested (durably) on node B, p50/p99 ms;
+             two Sync instances with their own stores and loop threads, one real mosquitto
+  converge   six `edge run` processes; the broker is down while 10,000 events accumulate in
+             their outboxes; seconds from broker start to all six holding all 10,000, and the
+             events/s that makes
+Targets: handoff p99 <= 10x raw round-trip p99; 10,000 events converge in <= 5 s.
+
+usage: python bench/sync.py [--quick] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from broker import Broker  # noqa: E402
+from linenodes import LineNode, password_of  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from edge.store import Store  # noqa: E402
+from edge.sync import MqttLink, Sync  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def client(port: int, user: str, password: str, name: str) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+    c.username_pw_set(user, password)
+    c.connect("127.0.0.1", port)
+    c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the nodes do
+    c.loop_start()
+    return c
+
+
+def bench_raw(broker: Broker, samples: int) -> dict[str, float]:
+    """One-way and round-trip QoS 1 latency between two plain paho clients."""
+    got: queue.Queue[float] = queue.Queue()
+    a = client(broker.port, "intake-1", password_of("intake-1"), "raw-a")
+    b = client(broker.port, "laser-1", password_of("laser-1"), "raw-b")
+    b.on_message = lambda c, u, m: (got.put(time.perf_counter()),
+                                    c.publish("fabrique/demo/node/laser-1/state", m.payload, qos=1))
+    a.on_message = lambda c, u, m: got.put(time.perf_counter())
+    b.subscribe("fabrique/demo/node/intake-1/state", qos=1)
+    a.subscribe("fabrique/demo/node/laser-1/state", qos=1)
+    time.sleep(0.5)
+    one_way, round_trip = [], []
+    for i in range(samples):
+        t0 = time.perf_counter()
+        a.publish("fabrique/demo/node/intake-1/state", str(i), qos=1)
+        t1 = got.get(timeout=5)
+        t2 = got.get(timeout=5)
+        one_way.append((t1 - t0) * 1000)
+        round_trip.append((t2 - t0) * 1000)
+    for c in (a, b):
+        c.loop_stop()
+        c.disconnect()
+    return {"one_way_p50_ms": pct(one_way, 50), "one_way_p99_ms": pct(one_way, 99),
+            "round_trip_p50_ms": pct(round_trip, 50), "round_trip_p99_ms": pct(round_trip, 99),
+            "samples": samples}
+
+
+class LoopNode:
+    """A Sync with its own store and loop thread: the node's event path without hardware."""
+
+    def __init__(self, name: str, port: int, data: Path, applied: queue.Queue[tuple[str, float]] | None):
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.store = Store.open(data / name, name)
+        link = MqttLink("127.0.0.1", port, name, password_of(name), keepalive=5)
+        on_ingest = None
+        if applied is not None:
+            def on_ingest(evs):
+                now = time.perf_counter()
+                for e in evs:
+                    applied.put((e.id, now))
+        self.sync = Sync(name, "demo", "transfer", link, self.store, lambda k, d: self.events.put((k, d)),
+                         session=1, on_ingest=on_ingest)
+        self.running = True
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+        self.sync.start()
+
+    def loop(self) -> None:
+        while self.running:
+            try:
+                kind, data = self.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if kind == "call":
+                data()
+            else:
+                self.sync.handle(kind, data)
+            if self.events.empty():
+                self.sync.flush()
+
+    def call(self, fn) -> None:
+        self.events.put(("call", fn))
+
+    def close(self) -> None:
+        done = threading.Event()
+        self.call(lambda: (self.sync.stop(), done.set()))
+        done.wait(10)
+        self.running = False
+        self.thread.join(5)
+        self.store.close()
+
+
+def bench_handoff(broker: Broker, samples: int, tmp: Path) -> dict[str, float]:
+    applied: queue.Queue[tuple[str, float]] = queue.Queue()
+    a = LoopNode("intake-1", broker.port, tmp, None)
+    b = LoopNode("laser-1", broker.port, tmp, applied)
+    deadline = time.monotonic() + 10
+    while not (a.sync.connected and b.sync.connected) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    latencies = []
+    for i in range(samples):
+        created: dict[str, float] = {}
+
+        def make(i=i, created=created) -> None:
+            t0 = time.perf_counter()
+            ev = a.store.append(f"H{i % 20}", "note", "intake", {"i": i})
+            created[ev.id] = t0
+            a.sync.drain()
+
+        a.call(make)
+        event_id, t1 = applied.get(timeout=10)
+        latencies.append((t1 - created[event_id]) * 1000)
+    a.close()
+    b.close()
+    return {"p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99), "mean_ms": round(statistics.mean(latencies), 3),
+            "samples": samples}
+
+
+def bench_converge(total: int, tmp: Path) -> dict[str, float]:
+    """Six nodes that know the broker (sessions exist); it goes down; events pile up; it returns."""
+    names = ["intake-1", "laser-1", "printer-1", "transfer-1", "inspection-1", "pickup-1"]
+    broker = Broker(tmp / "broker6", users={n: password_of(n) for n in names}).start()
+    nodes = [LineNode(tmp / "six", n, broker.port, keepalive=5).start() for n in names]
+    try:
+        while not all(n.status()["mqtt"]["connected"] for n in nodes):
+            time.sleep(0.05)
+        broker.stop()
+        while any(n.status()["mqtt"]["connected"] for n in nodes):
+            time.sleep(0.05)
+        per = -(-total // len(nodes))  # at least `total` in all
+        progress(f"converge: broker down; {per} events on each of six nodes through their consoles")
+        threads = [threading.Thread(target=n.notes, args=(f"{n.name}-J", per)) for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        expected = {n.name: per for n in nodes}
+        progress("converge: broker up")
+        t0 = time.perf_counter()
+        broker.start()
+        while True:
+            vectors = [n.status()["vector"] for n in nodes]
+            if all(v == expected for v in vectors):
+                break
+            if time.perf_counter() - t0 > 300:
+                raise SystemExit(f"no convergence after 300 s: {vectors}")
+            time.sleep(0.05)
+        seconds = time.perf_counter() - t0
+        dup = sum(n.status()["mqtt"]["duplicates"] for n in nodes)
+    finally:
+        for n in nodes:
+            n.kill()
+        broker.kill()
+    return {"events": per * len(nodes), "nodes": len(nodes), "seconds": round(seconds, 3),
+            "events_per_s": round(per * len(nodes) / seconds, 1),
+            "deliveries_per_s": round(per * len(nodes) * (len(nodes) - 1) / seconds, 1),
+            "duplicates_received": dup}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer samples and 2,000 events (a smoke run)")
+    ap.add_argument("--json", metavar="OUT", help="also write the JSON to this file")
+    args = ap.parse_args()
+    samples = 200 if args.quick else 1000
+    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmpdir:
+        tmp = Path(tmpdir)
+        names = ["intake-1", "laser-1"]
+        broker = Broker(tmp / "broker", users={n: password_of(n) for n in names}).start()
+        try:
+            progress("raw paho + mosquitto latency")
+            raw = bench_raw(broker, samples)
+            progress("handoff latency node A -> node B")
+            handoff = bench_handoff(broker, samples // 2, tmp)
+        finally:
+            broker.kill()
+        converge = bench_converge(2000 if args.quick else 10_000, tmp)
+    result = {
+        "bench": "sync", "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0],
+        "raw": raw, "handoff": handoff, "converge": converge,
+        "targets": {
+            "handoff_p99_over_raw_round_trip_p99": round(handoff["p99_ms"] / raw["round_trip_p99_ms"], 2),
+            "handoff_ok": handoff["p99_ms"] <= 10 * raw["round_trip_p99_ms"],
+            "converge_ok": converge["seconds"] <= 5.0 and converge["events"] >= 10_000,
+        },
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

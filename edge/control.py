@@ -122,24 +122,25 @@ class CommandSet:
         """A console line -> (command, args); raises CommandError naming what is wrong."""
         if len(line) > MAX_LINE:
             raise CommandError(f"line too long ({len(line)} characters, at most {MAX_LINE})")
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise CommandError(f"cannot read the line: {exc}") from None
-        if not words:
+        head = line.split(None, 1)
+        if not head:
             raise CommandError("empty line")
-        name, values = words[0].lower(), words[1:]
+        name = head[0].lower()
         command = self.commands.get(name)
         if command is None:
             raise CommandError(f"unknown command {name!r} (try 'help')")
-        args: dict[str, Any] = {}
-        for i, p in enumerate(command.params):
-            if i >= len(values):
-                break
-            args[p.name] = " ".join(values[i:]) if p.rest else values[i]
-        if len(values) > len(command.params) and not (command.params and command.params[-1].rest):
+        rest_at = next((i for i, p in enumerate(command.params) if p.rest), None)
+        if rest_at is not None:
+            # free text (a note, a QR payload) is taken as typed: inner spaces and quotes kept
+            values = line.lstrip().split(None, rest_at + 1)[1:]
+        else:
+            try:
+                values = shlex.split(line)[1:]
+            except ValueError as exc:
+                raise CommandError(f"cannot read the line: {exc}") from None
+        if len(values) > len(command.params):
             raise CommandError(f"too many arguments; usage: {command.usage()}")
-        return name, args
+        return name, {p.name: v for p, v in zip(command.params, values, strict=False)}
 
     def run_line(self, line: str) -> Reply:
         """Parse and dispatch a console line (local: every command allowed)."""

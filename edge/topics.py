@@ -107,14 +107,26 @@ SYNC = Schema("sync", (
 
 JOB = Schema("job", (
     Field("job", str, True, "job id (the order id)"),
-    Field("status", str, True, "`pending`, `running`, `failed`, `completed` or `cancelled`"),
-    Field("product", (str, type(None)), False, "product id from the line file"),
-    Field("route", list, False, "station kinds in order"),
-    Field("steps", list, False, "per step: status and the station that did it"),
-    Field("conflicts", list, False, "conflicts resolved by the ledger rules, for an operator to see"),
-), {"job": "A7K2M9", "status": "running", "product": "stand", "route": ["intake", "laser"],
-    "steps": [{"step": "intake", "status": "done"}, {"step": "laser", "status": "running"}],
-    "conflicts": []}, MAX_EVENTS_PAYLOAD)
+    Field("status", str, True, "`unknown` (events but no launch seen yet), `waiting`, `in_progress`, "
+                               "`failed`, `done` (every step done or skipped), `completed` (handed over), "
+                               "`cancelled`"),
+    Field("product", str, False, "product id from the line file"),
+    Field("order", dict, False, "the verified order: order_id, product, options, issued_at, expires_at, key_id"),
+    Field("steps", list, False, "per route step: `step` (station kind), `status` (pending, running, done, "
+                                "failed, skipped), `node`, `attempts`, `reason`, `on_route`"),
+    Field("next_step", (str, type(None)), False, "the first step still to do"),
+    Field("conflicts", list, False, "conflicts resolved by the ledger rules (duplicate_launch, "
+                                    "step_contention, ...), for an operator to see"),
+    Field("notes", list, False, "operators' notes, `node: text`"),
+    Field("events", int, False, "how many ledger events the state folds"),
+), {"job": "A7K2M9", "status": "in_progress", "product": "stand",
+    "order": {"order_id": "A7K2M9", "product": "stand", "options": {"colour": "red", "text": "ANNA"},
+              "issued_at": 1795305600, "expires_at": 0, "key_id": "example-1"},
+    "steps": [{"step": "intake", "status": "done", "node": "intake-1", "attempts": 1, "reason": "",
+               "on_route": True},
+              {"step": "laser", "status": "running", "node": "laser-1", "attempts": 1, "reason": "",
+               "on_route": True}],
+    "next_step": "printer", "conflicts": [], "notes": [], "events": 4}, MAX_EVENTS_PAYLOAD)
 
 COMMAND = Schema("cmd", (
     Field("command", str, True, "a command name (see docs/console.md; `help` lists them)"),

@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from broker import Broker  # noqa: E402
-from linenodes import LineNode, password_of  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from edge.simline import SimBroker, SimNode, password_of  # noqa: E402
 from edge.store import Store  # noqa: E402
 from edge.sync import MqttLink, Sync  # noqa: E402
 
@@ -58,7 +57,7 @@ def client(port: int, user: str, password: str, name: str) -> mqtt.Client:
     return c
 
 
-def bench_raw(broker: Broker, samples: int) -> dict[str, float]:
+def bench_raw(broker: SimBroker, samples: int) -> dict[str, float]:
     """One-way and round-trip QoS 1 latency between two plain paho clients."""
     got: queue.Queue[float] = queue.Queue()
     a = client(broker.port, "intake-1", password_of("intake-1"), "raw-a")
@@ -130,7 +129,7 @@ class LoopNode:
         self.store.close()
 
 
-def bench_handoff(broker: Broker, samples: int, tmp: Path) -> dict[str, float]:
+def bench_handoff(broker: SimBroker, samples: int, tmp: Path) -> dict[str, float]:
     applied: queue.Queue[tuple[str, float]] = queue.Queue()
     a = LoopNode("intake-1", broker.port, tmp, None)
     b = LoopNode("laser-1", broker.port, tmp, applied)
@@ -160,8 +159,8 @@ def bench_handoff(broker: Broker, samples: int, tmp: Path) -> dict[str, float]:
 def bench_converge(total: int, tmp: Path) -> dict[str, float]:
     """Six nodes that know the broker (sessions exist); it goes down; events pile up; it returns."""
     names = ["intake-1", "laser-1", "printer-1", "transfer-1", "inspection-1", "pickup-1"]
-    broker = Broker(tmp / "broker6", users={n: password_of(n) for n in names}).start()
-    nodes = [LineNode(tmp / "six", n, broker.port, keepalive=5).start() for n in names]
+    broker = SimBroker(tmp / "broker6", users={n: password_of(n) for n in names}).start()
+    nodes = [SimNode(tmp / "six", n, broker.port, kind=n.split("-")[0], keepalive=5).start() for n in names]
     try:
         while not all(n.status()["mqtt"]["connected"] for n in nodes):
             time.sleep(0.05)
@@ -207,7 +206,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmpdir:
         tmp = Path(tmpdir)
         names = ["intake-1", "laser-1"]
-        broker = Broker(tmp / "broker", users={n: password_of(n) for n in names}).start()
+        broker = SimBroker(tmp / "broker", users={n: password_of(n) for n in names}).start()
         try:
             progress("raw paho + mosquitto latency")
             raw = bench_raw(broker, samples)

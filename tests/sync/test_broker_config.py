@@ -7,11 +7,11 @@ import threading
 import uuid
 
 import paho.mqtt.client as mqtt
-from broker import SHIPPED, Broker
-from linenodes import LineNode, password_of, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from edge.simline import SHIPPED, SimBroker, SimNode, password_of, wait_until
 
 
 class Client:
@@ -117,7 +117,7 @@ def test_commands_over_mqtt5_answer_with_correlation_data_and_refuse_hardware_mo
 
 
 def test_commands_over_mqtt311_answer_with_the_request_id(tmp_path, broker):
-    node = LineNode(tmp_path, "printer-1", broker.port, protocol="3.1.1").start()
+    node = SimNode(tmp_path, "printer-1", broker.port, kind="printer", protocol="3.1.1").start()
     try:
         wait_until(lambda: node.status()["mqtt"]["connected"])
         op = Client(broker.people_port, "operator", "pw-operator")
@@ -133,7 +133,7 @@ def test_commands_over_mqtt311_answer_with_the_request_id(tmp_path, broker):
 
 
 def test_bridge_forwards_to_the_cloud_once_it_returns(tmp_path):
-    cloud = Broker(tmp_path / "cloud", people={"trailer-demo": "pw-bridge", "cloudreader": "pw-reader"},
+    cloud = SimBroker(tmp_path / "cloud", people={"trailer-demo": "pw-bridge", "cloudreader": "pw-reader"},
                    people_acl="user trailer-demo\ntopic readwrite fabrique/#\n"
                               "user cloudreader\ntopic read fabrique/#\n").start()
     reader = Client(cloud.people_port, "cloudreader", "pw-reader", client_id="cloud-reader", clean=False)
@@ -147,8 +147,8 @@ def test_bridge_forwards_to_the_cloud_once_it_returns(tmp_path):
                        if not line.startswith(("bridge_cafile", "bridge_insecure", "restart_timeout")))
     bridge += "\nremote_password pw-bridge\nrestart_timeout 1 2\n"
     users = {"intake-1": password_of("intake-1")}
-    hub = Broker(tmp_path / "hub", users=users, extra=bridge).start()
-    node = LineNode(tmp_path, "intake-1", hub.port).start()
+    hub = SimBroker(tmp_path / "hub", users=users, extra=bridge).start()
+    node = SimNode(tmp_path, "intake-1", hub.port, kind="intake").start()
     try:
         wait_until(lambda: node.status()["mqtt"]["connected"])
         sent = node.notes("CLOUD1", 25)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from linenodes import converged, wait_until
 from trailer import ROOT
 
 from edge.orders import Order, private_key_from_pem, sign_order
+from edge.simline import converged, wait_until
 
 EXAMPLE_KEY = ROOT / "examples" / "keys" / "EXAMPLE-ONLY-order-signing.pem"
 

@@ -6,8 +6,9 @@ import json
 import threading
 
 import paho.mqtt.client as mqtt
-from linenodes import LineNode, converged, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.simline import SimNode, converged, password_of, wait_until
 
 
 class Dashboard:
@@ -97,7 +98,7 @@ def test_broker_down_for_a_while_loses_nothing_and_duplicates_nothing(broker, li
 def test_broker_and_node_killed_mid_drain_lose_nothing(tmp_path, broker, line):
     laser = line["laser-1"]
     # a slow drain (one 5-event message in flight at a time), so the kill lands in its middle
-    intake = LineNode(tmp_path, "intake-1", broker.port, mqtt_extra="inflight = 1\nbatch = 5").start()
+    intake = SimNode(tmp_path, "intake-1", broker.port, kind="intake", mqtt_extra="inflight = 1\nbatch = 5").start()
     try:
         wait_until(lambda: intake.status()["mqtt"]["connected"] and laser.status()["mqtt"]["connected"])
         broker.stop()
@@ -156,7 +157,7 @@ def test_duplicate_and_reordered_deliveries_change_nothing(broker, line):
     wait_until(converged([intake, laser], {"intake-1": 10, "laser-1": 5}), 30)
     before = laser.command("job D1")
     events = [e.to_json() for e in intake.ledger()]
-    rogue = Dashboard(broker.port, "rogue-1", "pw-rogue-1-test")
+    rogue = Dashboard(broker.port, "rogue-1", password_of("rogue-1"))
     try:
         for batch in (events[::-1], events[3:7] * 3, events):
             info = rogue.client.publish("fabrique/demo/events/rogue-1", json.dumps({"v": 1, "events": batch}), qos=1)

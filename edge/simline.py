@@ -1,0 +1,296 @@
+"""A simulated trailer line on one machine: a real mosquitto running the shipped hub config,
+and real `edge run` node processes with mock pins, driven through their stdin consoles.
+
+`edge demo` and the test suite both stand on this, so what the tests exercise is what a
+technician sees. Needs a source checkout (the shipped broker config lives in systemd/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge.ledger import Event
+from edge.store import Store
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+SHIPPED = CHECKOUT / "systemd" / "mosquitto"
+EXAMPLES = CHECKOUT / "examples" / "line"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def password_of(name: str) -> str:
+    """The password a simulated account gets (throwaway: the broker lives in a temp dir)."""
+    return f"pw-{name}-sim"
+
+
+def make_passwords(path: Path, users: dict[str, str]) -> None:
+    """A mosquitto password file made by the real mosquitto_passwd (empty for no users)."""
+    path.unlink(missing_ok=True)
+    path.touch()
+    for user, password in users.items():
+        flags = ["-b"] if path.stat().st_size else ["-c", "-b"]
+        subprocess.run(["mosquitto_passwd", *flags, str(path), user, password], check=True,
+                       capture_output=True)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class SimBroker:
+    """One mosquitto process running the shipped hub config, rewritten for this machine:
+    its two listeners on free loopback ports, its files in `workdir`, the shipped ACLs as they are.
+
+    `users` are node accounts (nodes' listener, `port`), `people` the dashboard, operator and
+    Home Assistant accounts (people's listener, `people_port`).
+    """
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None,
+                 people: dict[str, str] | None = None, extra: str = "", people_acl: str | None = None):
+        if not (SHIPPED / "hub.conf").exists():
+            raise FileNotFoundError(f"{SHIPPED / 'hub.conf'} not found: run from a fabrique-edge checkout")
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.people_port = free_port()
+        self.log = self.dir / "mosquitto.log"
+        self.conf = self.dir / "mosquitto.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._write_conf(users or {}, people or {}, extra, people_acl)
+
+    def _write_conf(self, users: dict[str, str], people: dict[str, str], extra: str,
+                    people_acl: str | None) -> None:
+        make_passwords(self.dir / "nodes.passwd", users)
+        make_passwords(self.dir / "people.passwd", people)
+        shutil.copy(SHIPPED / "nodes.acl", self.dir / "nodes.acl")
+        (self.dir / "people.acl").write_text(people_acl or (SHIPPED / "people.acl").read_text())
+        ports = iter([self.port, self.people_port])
+        lines = []
+        for line in (SHIPPED / "hub.conf").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "listener":
+                line = f"listener {next(ports)} 127.0.0.1"
+            elif key in ("password_file", "acl_file"):
+                line = f"{key} {self.dir / Path(value).name}"
+            elif key == "persistence_location":
+                line = f"persistence_location {self.dir}/"
+            lines.append(line)
+        # mosquitto started as root drops to user `mosquitto`, which cannot read a private tmp dir
+        lines += [f"user {pwd.getpwuid(os.geteuid()).pw_name}", f"log_dest file {self.log}",
+                  "log_type information"]
+        if extra:
+            lines.append(extra)
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10) -> SimBroker:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited {self.proc.returncode}: {self.read_log()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.read_log()[-2000:]}")
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): mosquitto saves its persistence file."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        """kill -9: nothing saved beyond what autosave already wrote."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def restart(self) -> SimBroker:
+        self.stop()
+        return self.start()
+
+    def read_log(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def station_text(name: str, kind: str, data_dir: Path, port: int, password_file: Path,
+                 keepalive: int = 2, protocol: str = "5", mqtt_extra: str = "", hardware: str = "",
+                 line_file: Path | None = None) -> str:
+    """A station file for a simulated node: its console on stdin, MQTT to the simulated broker."""
+    return f"""\
+[node]
+id = "{name}"
+line = "demo"
+data_dir = "{data_dir}"
+line_file = "{line_file or EXAMPLES / 'line.toml'}"
+pin_factory = "mock"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+username = "{name}"
+password_file = "{password_file}"
+keepalive = {keepalive}
+protocol = "{protocol}"
+{mqtt_extra}
+[station]
+kind = "{kind}"
+
+[console]
+stdin = true
+{hardware}"""
+
+
+class SimNode:
+    """One `edge run` process of the simulated line, driven through its stdin console."""
+
+    def __init__(self, workdir: Path, name: str, port: int, kind: str = "transfer", keepalive: int = 2,
+                 protocol: str = "5", password: str | None = None, mqtt_extra: str = "", hardware: str = ""):
+        self.name = name
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.dir / "data"
+        self.log = self.dir / "node.log"
+        pw = self.dir / "mqtt.password"
+        pw.write_text((password or password_of(name)) + "\n")
+        pw.chmod(0o600)
+        self.config = self.dir / "station.toml"
+        self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol,
+                                            mqtt_extra, hardware))
+        self.proc: subprocess.Popen[str] | None = None
+        self.replies: queue.Queue[str] = queue.Queue()
+        self.lock = threading.Lock()
+
+    def start(self) -> SimNode:
+        self.replies = queue.Queue()
+        with open(self.log, "a") as logf:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(self.config),
+                                          "--log-format", "text"], cwd=CHECKOUT, text=True, bufsize=1,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
+                                         env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+        threading.Thread(target=self._read, args=(self.proc, self.replies), daemon=True).start()
+        if self.command("ping") != "pong":
+            raise RuntimeError(f"{self.name} did not answer; see {self.log}")
+        return self
+
+    @staticmethod
+    def _read(proc: subprocess.Popen[str], replies: queue.Queue[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            replies.put(line.rstrip("\n"))
+
+    def command(self, line: str, timeout: float = 30) -> Any:
+        """Send a console line; return the result of `ok ...`, raise RuntimeError on `error ...`."""
+        with self.lock:
+            if self.proc is None or self.proc.stdin is None:
+                raise RuntimeError(f"{self.name} is not running")
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            try:
+                reply = self.replies.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError(f"{self.name}: no reply to {line!r} in {timeout} s; see {self.log}") from None
+        status, _, rest = reply.partition(" ")
+        if status == "ok":
+            return json.loads(rest)
+        raise RuntimeError(f"{self.name}: {line!r} -> {reply}")
+
+    def notes(self, job: str, count: int, prefix: str = "n") -> list[str]:
+        """Record `count` notes on `job` through the console in one go; returns their ids."""
+        with self.lock:
+            assert self.proc is not None and self.proc.stdin is not None
+            self.proc.stdin.write("".join(f"note {job} {prefix}{i}\n" for i in range(count)))
+            self.proc.stdin.flush()
+            replies = [self.replies.get(timeout=120) for _ in range(count)]
+        ids = []
+        for reply in replies:
+            if not reply.startswith("ok "):
+                raise RuntimeError(f"{self.name}: note refused: {reply}")
+            ids.append(json.loads(reply[3:])["id"])
+        return ids
+
+    def status(self) -> dict[str, Any]:
+        return self.command("status")
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops a node; returns its exit code."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """kill -9: a power cut."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def ledger_ids(self) -> list[str]:
+        """Every event id stored on disk (hot set and archive), duplicates included if any."""
+        store = Store.open(self.data_dir, readonly=True)
+        try:
+            ids = [doc["id"] for doc in store.db.table("events").all()]
+            for _job, record in store.archive.records():
+                ids += [e["id"] for e in record.get("events", [])]
+            return ids
+        finally:
+            store.close()
+
+    def ledger(self) -> list[Event]:
+        store = Store.open(self.data_dir, readonly=True)
+        try:
+            return list(store.events_since({}))
+        finally:
+            store.close()
+
+
+def converged(nodes: list[SimNode], expected: dict[str, int]) -> Callable[[], bool]:
+    """A check: true once every node's version vector equals `expected`."""
+    def check() -> bool:
+        return all(n.status()["vector"] == expected for n in nodes)
+    return check

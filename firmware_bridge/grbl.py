@@ -197,21 +197,36 @@ class Grbl:
         self._status_seen = 0
         self._banners = 0
         self._gone: str | None = None
+        self._owed = False  # a job stopped with lines unanswered: resync before the next
 
     def open(self, timeout: float = 5.0) -> str:
-        """Open the port and wait for the ``Grbl 1.1x`` banner (soft reset if it does not come)."""
+        """Open the port, make sure GRBL answers, and learn its version and buffer size ($I).
+
+        A board that resets on open (Arduino DTR) sends its banner; one that does not (a
+        reconnect mid-job) answers ``?``. Neither is reset by this: a soft reset would stop
+        a running job with ALARM:3.
+        """
         try:
             self._port = TextPort(self.port_name, self.baudrate, self._on_line, self._on_gone)
         except PortGone as exc:
             raise GrblGone(str(exc)) from exc
+        deadline = time.monotonic() + timeout
         with self._lock:
-            if not self._lock.wait_for(lambda: self._banners or self._gone, timeout / 2):
-                self._write(SOFT_RESET)
-                self._lock.wait_for(lambda: self._banners or self._gone, timeout / 2)
+            while not (self._banners or self._status_seen or self._gone) and time.monotonic() < deadline:
+                self._write(STATUS_QUERY)
+                self._lock.wait(0.25)
             if self._gone:
                 raise GrblGone(self._gone)
-            if not self._banners:
-                raise GrblGone(f"{self.port_name}: no GRBL banner; is this a GRBL 1.1 controller at {self.baudrate} baud?")
+            if not (self._banners or self._status_seen):
+                raise GrblGone(f"{self.port_name}: no answer from GRBL; is this a GRBL 1.1 controller at {self.baudrate} baud?")
+        self.stream(["$I"], timeout=timeout)  # build info; allowed in Idle and Alarm
+        for message in self.messages:
+            if (version := re.match(r"\[VER:(\d+\.\d+\w*)", message)) is not None:
+                self.version = version.group(1)
+            if message.startswith("[OPT:"):
+                options = message[5:-1].split(",")
+                if len(options) >= 3 and options[2].isdigit():
+                    self.rx_buffer = int(options[2])
         if self.version and not self.version.startswith("1."):
             raise GrblGone(f"{self.port_name}: GRBL {self.version} found; this streamer speaks GRBL 1.1")
         return self.version or ""
@@ -300,13 +315,35 @@ class Grbl:
         report = StreamReport(position=start)
         begun = time.monotonic()
         in_flight: deque[tuple[int, int]] = deque()  # (index, bytes) not yet answered
-        used = 0
         index = start
-        stopping = False
+        if self._owed:
+            self._resync(timeout)
         with self._lock:
             self._answers.clear()
-        while index < len(job) or in_flight:
-            can_send = index < len(job) and not stopping
+        try:
+            self._run_job(job, report, index, in_flight, counting, stop_on_error, on_error, on_progress, timeout)
+        except GrblFault:
+            self._owed = bool(in_flight)
+            raise
+        report.seconds = time.monotonic() - begun
+        return report
+
+    def _run_job(
+        self,
+        job: list[str],
+        report: StreamReport,
+        index: int,
+        in_flight: deque[tuple[int, int]],
+        counting: bool,
+        stop_on_error: bool,
+        on_error: Callable[[GrblError], None] | None,
+        on_progress: Callable[[int], None] | None,
+        timeout: float,
+    ) -> None:
+        used = 0
+        stopping: GrblError | None = None
+        while in_flight or (index < len(job) and stopping is None):
+            can_send = index < len(job) and stopping is None
             if can_send:
                 size = len(job[index]) + 1
                 if size > min(MAX_LINE, self.rx_buffer):
@@ -331,26 +368,48 @@ class Grbl:
                 log.warning("%s: %s", self.port_name, error)
                 if on_error is not None:
                     on_error(error)
-                if stop_on_error:
-                    stopping = True
-                    stopped_by = error
+                if stop_on_error and stopping is None:
+                    stopping = error
             if on_progress is not None:
                 on_progress(report.position)
-        report.seconds = time.monotonic() - begun
-        if stopping:
-            stopped_by.position = report.position
-            raise stopped_by
-        return report
+        if stopping is not None:
+            stopping.position = report.position
+            raise stopping
+
+    def _resync(self, timeout: float) -> None:
+        """Skip answers still owed to a stopped job: ask $I and read up to its answer.
+
+        A critical alarm flushes GRBL's RX buffer, possibly mid-line, and lines sent before the
+        host saw the alarm are still answered error:9: neither may be taken for this job's answers.
+        """
+        with self._lock:
+            self._answers.clear()
+        self._write(b"\n$I\n")  # the newline ends any fragment a flushed buffer left behind
+        with self._lock:
+            while True:
+                if not self._lock.wait_for(lambda: self._answers or self._gone, timeout):
+                    raise GrblGone(f"{self.port_name}: no answer to $I within {timeout} s")
+                if self._gone:
+                    raise GrblGone(self._gone)
+                if self._answers.popleft() == "VER":
+                    break
+            self._lock.wait_for(lambda: self._answers or self._gone, timeout)
+            if self._answers:
+                self._answers.popleft()  # the ok of $I
+        self._owed = False
 
     # -- internals --------------------------------------------------------------
     def _next_answer(self, timeout: float, position: int) -> str:
         """The next ok/error:N, in arrival order; an ALARM or a reset on the way raises."""
         with self._lock:
-            if not self._lock.wait_for(lambda: self._answers or self._gone, timeout):
-                raise GrblGone(f"{self.port_name}: no answer within {timeout} s", position)
-            if not self._answers:
-                raise GrblGone(self._gone or "gone", position)
-            answer = self._answers.popleft()
+            while True:
+                if not self._lock.wait_for(lambda: self._answers or self._gone, timeout):
+                    raise GrblGone(f"{self.port_name}: no answer within {timeout} s", position)
+                if not self._answers:
+                    raise GrblGone(self._gone or "gone", position)
+                answer = self._answers.popleft()
+                if answer != "VER":  # a resync marker, not an answer to a line
+                    break
         if answer.startswith("ALARM:"):
             raise GrblAlarm(self.alarm if self.alarm is not None else -1, position)
         if answer == "RESET":
@@ -386,6 +445,9 @@ class Grbl:
                 self.alarm = int(code) if code.isdigit() else -1
                 self._answers.append(line)
                 log.error("%s: %s", self.port_name, GrblAlarm(self.alarm, 0))
+            elif line.startswith("[VER:"):
+                self.messages.append(line)
+                self._answers.append("VER")
             elif (banner := BANNER.match(line)) is not None:
                 self.version = banner.group(1) + banner.group(2)
                 self._banners += 1

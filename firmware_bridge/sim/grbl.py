@@ -65,6 +65,8 @@ class SimulatedGrbl(PtyDevice):
         self.state = "Alarm" if locked_at_start else "Idle"
         self.check_mode = False
         self.overflowed = 0  # bytes lost because the host overran the RX buffer
+        self.most_buffered = 0  # the fullest the RX buffer has been
+        self.system_commands: list[str] = []  # every $ command received
         self.executed: list[str] = []  # every line run (or checked), in order
         self._block_done_at = 0.0
         self._outbox: deque[tuple[float, bytes]] = deque()
@@ -109,6 +111,7 @@ class SimulatedGrbl(PtyDevice):
                     self.soft_reset()
                 elif len(self.rx) < self.rx_size:
                     self.rx.append(byte)
+                    self.most_buffered = max(self.most_buffered, len(self.rx))
                 else:
                     self.overflowed += 1
             self._take_lines()
@@ -124,6 +127,8 @@ class SimulatedGrbl(PtyDevice):
         """A hard limit switch (1) or a probe failure: stop everything, lock until $X."""
         with self.lock:
             self.planner.clear()
+            self.rx.clear()  # GRBL's reset on a critical alarm flushes the serial buffer
+            self.position = self.machine_position
             self.state = "Alarm"
             self.reply(f"ALARM:{code}")
 
@@ -213,6 +218,7 @@ class SimulatedGrbl(PtyDevice):
         return "ok"
 
     def _system(self, line: str) -> str:
+        self.system_commands.append(line)
         if line == "$X":
             if self.state == "Alarm":
                 self.state = "Idle"
@@ -230,7 +236,11 @@ class SimulatedGrbl(PtyDevice):
             self.state = "Check"
             self.reply("[MSG:Enabled]")
             return "ok"
-        if line in ("$H", "$$", "$#", "$G", "$I", "$N"):
+        if line == "$I":
+            self.reply("[VER:1.1h.20190830:]")
+            self.reply(f"[OPT:V,{self.planner_size - 1},{self.rx_size}]")
+            return "ok"
+        if line in ("$H", "$$", "$#", "$G", "$N"):
             if line == "$H":
                 self.state = "Idle"
                 self.position = self.machine_position = (0.0, 0.0, 0.0)

@@ -111,17 +111,24 @@ class Marlin:
         self._gone: str | None = None
 
     def open(self, timeout: float = 5.0) -> None:
-        """Open the port, let the board boot (``start``) and reset line numbers with M110."""
+        """Open the port and reset line numbers (M110), retrying while the board boots.
+
+        Most boards reset when the port opens (DTR) and say ``start`` a second or two later;
+        commands sent while the bootloader runs are lost, so M110 is repeated until answered.
+        """
         try:
             self._port = TextPort(self.port_name, self.baudrate, self._on_line, self._on_gone)
         except PortGone as exc:
             raise MarlinGone(str(exc)) from exc
-        with self._lock:
-            self._lock.wait_for(lambda: any(e[0] == "start" for e in self._events) or self._gone, timeout)
-            if self._gone:
-                raise MarlinGone(self._gone)
-        self._send_numbered(0, "M110 N0")
-        self._wait_ok_simple(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._send_numbered(0, "M110 N0")
+            try:
+                self._wait_ok_simple(min(1.0, max(0.0, deadline - time.monotonic())))
+                return
+            except MarlinGone:
+                if self._gone or time.monotonic() >= deadline:
+                    raise
 
     def close(self) -> None:
         if self._port is not None:

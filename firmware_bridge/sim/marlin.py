@@ -59,6 +59,7 @@ class SimulatedMarlin(PtyDevice):
         self._pending = b""
         self._long: tuple[str, float] | None = None  # (command, started) for G28 / M109 / M190
         self._last_report = 0.0
+        self._last_tick = time.monotonic()
         self._last_output = time.monotonic()
 
     def start(self) -> SimulatedMarlin:
@@ -133,7 +134,7 @@ class SimulatedMarlin(PtyDevice):
     def tick(self) -> None:
         now = time.monotonic()
         with self.lock:
-            dt = now - self._last_report if self._last_report else 0.0
+            dt, self._last_tick = now - self._last_tick, now
             for heater in (self.hotend, self.bed):
                 step = self.heat_rate * dt
                 heater.actual += max(-step, min(step, heater.target - heater.actual)) if heater.target else 0.0

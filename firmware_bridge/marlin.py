@@ -141,6 +141,18 @@ class Marlin:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def identify(self, timeout: float = 5.0) -> str:
+        """M115: the firmware's own description (FIRMWARE_NAME:... line)."""
+        with self._lock:
+            self._events.clear()
+            seen = len(self.messages)
+        self._write("M115\n")
+        self._wait_ok_simple(timeout)
+        for line in self.messages[seen:]:
+            if line.startswith("FIRMWARE_NAME:"):
+                return line
+        raise MarlinFault(f"{self.port_name}: M115 gave no FIRMWARE_NAME")
+
     def report_temperatures(self, timeout: float = 5.0) -> Temperatures:
         """M105, outside any job."""
         with self._lock:

@@ -118,6 +118,9 @@ class SimulatedMarlin(PtyDevice):
         ok = "ok"
         if word == "M105":
             ok = "ok " + self.temperature_text()
+        elif word == "M115":
+            self.say("FIRMWARE_NAME:Marlin bugfix-2.1.x (fabrique sim) SOURCE_CODE_URL:github.com/MarlinFirmware/Marlin "
+                     "PROTOCOL_VERSION:1.0 MACHINE_TYPE:Trailer Printer EXTRUDER_COUNT:1")
         elif word in ("M104", "M109", "M140", "M190"):
             target = re.search(r"S(-?[\d.]+)", command)
             heater = self.bed if word in ("M140", "M190") else self.hotend

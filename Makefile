@@ -7,9 +7,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := mosquitto mosquitto-clients gcc-avr avr-libc simavr libsimavr-dev libelf-dev pkg-config
 
-.PHONY: test lint bench system-deps venv firmware clean help
+.PHONY: demo test lint bench system-deps venv firmware clean help
 
 help:
+	@echo "make demo     run the simulated trailer line (broker, six stations, a visitor's order)"
 	@echo "make test     install what is missing, build the firmware, run the test suite"
 	@echo "make lint     ruff over the tree"
 	@echo "make bench    run the benchmarks in bench/ (JSON on stdout)"
@@ -40,6 +41,9 @@ venv: $(BIN)/.installed
 
 firmware: system-deps
 	@if [ -f firmware_bridge/firmware/Makefile ]; then $(MAKE) -s -C firmware_bridge/firmware; fi
+
+demo: system-deps venv
+	$(BIN)/edge demo
 
 test: system-deps venv firmware
 	$(BIN)/python -m pytest

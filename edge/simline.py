@@ -157,7 +157,7 @@ class SimBroker:
 
 def station_text(name: str, kind: str, data_dir: Path, port: int, password_file: Path,
                  keepalive: int = 2, protocol: str = "5", mqtt_extra: str = "", hardware: str = "",
-                 line_file: Path | None = None) -> str:
+                 line_file: Path | None = None, log_level: str = "info") -> str:
     """A station file for a simulated node: its console on stdin, MQTT to the simulated broker."""
     return f"""\
 [node]
@@ -166,6 +166,7 @@ line = "demo"
 data_dir = "{data_dir}"
 line_file = "{line_file or EXAMPLES / 'line.toml'}"
 pin_factory = "mock"
+log_level = "{log_level}"
 
 [mqtt]
 host = "127.0.0.1"
@@ -187,7 +188,8 @@ class SimNode:
     """One `edge run` process of the simulated line, driven through its stdin console."""
 
     def __init__(self, workdir: Path, name: str, port: int, kind: str = "transfer", keepalive: int = 2,
-                 protocol: str = "5", password: str | None = None, mqtt_extra: str = "", hardware: str = ""):
+                 protocol: str = "5", password: str | None = None, mqtt_extra: str = "", hardware: str = "",
+                 log_level: str = "info"):
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ class SimNode:
         pw.chmod(0o600)
         self.config = self.dir / "station.toml"
         self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol,
-                                            mqtt_extra, hardware))
+                                            mqtt_extra, hardware, log_level=log_level))
         self.proc: subprocess.Popen[str] | None = None
         self.replies: queue.Queue[str] = queue.Queue()
         self.lock = threading.Lock()

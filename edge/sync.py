@@ -66,7 +66,6 @@ class Peer:
     online: bool = False
     session: int = -1
     vector: dict[str, int] = field(default_factory=dict)
-    vector_session: int | None = None
 
 
 class Network(threading.Thread):
@@ -265,7 +264,7 @@ class Sync:
         client.publish(self.topics.status(self.node), self._status("online"), qos=1, retain=True)
         for hook in self.on_connect_hooks:
             hook()
-        self.send_vector()
+        self.send_vector(ask=True)
         self.drain()
 
     def _lost(self, why: str) -> None:
@@ -322,8 +321,12 @@ class Sync:
         self.drain()
 
     # -- anti-entropy
-    def send_vector(self) -> None:
-        payload = {"v": PAYLOAD_VERSION, "vector": self.store.vector(), "session": self.session}
+    def send_vector(self, ask: bool = False) -> None:
+        """Publish our version vector; `ask` asks every peer to answer with theirs (on connect)."""
+        payload: dict[str, Any] = {"v": PAYLOAD_VERSION, "vector": self.store.vector(), "session": self.session}
+        if ask:
+            payload["ask"] = True
+        log.debug("vector out%s: %s", " (asking)" if ask else "", payload["vector"])
         if self.publish(self.topics.sync(self.node), json.dumps(payload).encode()) is not None:
             self.last_vector_sent = time.monotonic()
             self.vector_wanted = False
@@ -362,6 +365,7 @@ class Sync:
         """A peer told us what it holds: re-send, to everyone, what it lacks and we answer for."""
         self.peers.setdefault(peer, Peer()).vector = vector
         mine = self.store.vector()
+        log.debug("vector from %s: %s (mine %s)", peer, vector, mine)
         now = time.monotonic()
         floor = {o: UNREACHED for o in mine}
         for origin, have in mine.items():
@@ -401,11 +405,8 @@ class Sync:
                 if who != self.node:
                     body = SYNC.parse(payload)
                     vector = {o: n for o, n in body["vector"].items() if isinstance(n, int) and not isinstance(n, bool)}
-                    peer = self.peers.setdefault(who, Peer())
-                    if body.get("session") != peer.vector_session:
-                        # a peer's first vector of a session: answer with ours, so a node that
-                        # subscribed late still learns what everyone holds
-                        peer.vector_session = body.get("session")
+                    if body.get("ask") is True:
+                        # a peer just (re)connected and may have missed our vector: answer it
                         self.vector_wanted = True
                     self._peer_vector(who, vector)
             elif kind == "status":

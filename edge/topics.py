@@ -103,7 +103,8 @@ SYNC = Schema("sync", (
     Field("v", int, True, f"payload version, {PAYLOAD_VERSION}"),
     Field("vector", dict, True, "highest contiguous event seq this node holds, per origin node"),
     Field("session", int, False, "the sender's session"),
-), {"v": 1, "vector": {"intake-1": 120, "laser-1": 87}, "session": 12})
+    Field("ask", bool, False, "true when the sender just connected: every peer answers with its vector"),
+), {"v": 1, "vector": {"intake-1": 120, "laser-1": 87}, "session": 12, "ask": True})
 
 JOB = Schema("job", (
     Field("job", str, True, "job id (the order id)"),

@@ -117,7 +117,7 @@ def demo(args: argparse.Namespace) -> int:
                                   hardware=gpio_hardware(EXAMPLES / f"{kind}.toml"),
                                   log_level=args.log_level).start()
         wait_until(lambda: all(n.status()["mqtt"]["connected"] for n in nodes.values()), 30, "stations online")
-        for kind, node in nodes.items():
+        for node in nodes.values():
             st = node.status()
             outputs = [d for d, v in st["devices"].items() if v["type"] == "digital_output"]
             say(f"   {node.name:<13} {st['state']:<6} outputs safe: {', '.join(outputs) or '-'}")
@@ -143,7 +143,7 @@ def demo(args: argparse.Namespace) -> int:
             if kind == "printer":
                 say("\n== The hub Pi loses power: the broker is gone. The printer works on, offline.")
                 broker.kill()
-                wait_until(lambda: not node.status()["mqtt"]["connected"], 30, "printer to notice")
+                wait_until(lambda node=node: not node.status()["mqtt"]["connected"], 30, "printer to notice")
             node.command(f"step {job} started")
             time.sleep(args.pace)
             node.command(f"step {job} done")
@@ -152,7 +152,7 @@ def demo(args: argparse.Namespace) -> int:
                 say(f"   printer-1 outbox: {node.status()['outbox']} event(s) kept on disk, waiting")
                 say("== Power is back: the broker restarts, the outbox drains.")
                 broker.start()
-                wait_until(lambda: node.status()["outbox"] == 0, 30, "the printer's outbox to drain")
+                wait_until(lambda node=node: node.status()["outbox"] == 0, 30, "the printer's outbox to drain")
         done = nodes["pickup"].command(f"complete {job}")
         say(f"\n== Handed over at pickup: job {job} is {done['status']}.")
         # what each station recorded itself is what every station must end up holding

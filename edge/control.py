@@ -150,6 +150,14 @@ class CommandSet:
             return Reply(False, error=str(exc))
         return self.dispatch(name, args, remote=False)
 
+    def markdown(self) -> str:
+        """The command table of docs/console.md."""
+        rows = ["| command | where | what |", "|---|---|---|"]
+        for c in sorted(self.commands.values(), key=lambda c: c.name):
+            where = "console only" if c.local_only else "console, socket, MQTT"
+            rows.append(f"| `{c.usage()}` | {where} | {c.help} |")
+        return "\n".join(rows) + "\n"
+
     def help(self) -> list[dict[str, Any]]:
         return [{"command": c.usage(), "help": c.help, "console_only": c.local_only}
                 for c in sorted(self.commands.values(), key=lambda c: c.name)]

@@ -20,10 +20,11 @@ from typing import Any
 
 from edge import __version__
 from edge.config import LineConfig, StationConfig
-from edge.console import StreamConsole
+from edge.console import SerialConsole, SocketConsole, StreamConsole
 from edge.control import CommandError, CommandSet, Param, Reply
 from edge.homeassistant import HA_STATUS_TOPIC, discovery
 from edge.hw import Board, HardwareError, SafetyInterlock
+from edge.hw.serialport import port_identity
 from edge.ledger import STEP_STATUSES
 from edge.ledger import Event as LedgerEvent
 from edge.notify import SystemdNotifier
@@ -74,7 +75,7 @@ class Node:
         self.last_archive = time.monotonic()
         self.published_state: bytes | None = None
         self.commands = CommandSet()
-        self.console: StreamConsole | None = None
+        self.consoles: list[Any] = []
         self._register_commands()
         self.on("stop", self._on_stop)
         self.on("console_line", self._on_console_line)
@@ -104,9 +105,7 @@ class Node:
         self._load_station()
         self._update_state()
         self._start_sync()
-        if self.config.console.enabled and self.config.console.stdin:
-            self.console = StreamConsole(self.post)
-            self.console.start()
+        self._start_consoles()
         self.notifier.ready(f"{self.state}")
         log.info("ready: station %s is %s%s", self.config.station.kind, self.state,
                  f" ({self.reason})" if self.reason else "")
@@ -142,6 +141,22 @@ class Node:
         self.sync.message_hooks[HA_STATUS_TOPIC] = self._on_ha_status
         self.sync.on_connect_hooks += [self._announce, self.publish_state]
         self.sync.start()
+
+    def _start_consoles(self) -> None:
+        console = self.config.console
+        if not console.enabled:
+            return
+        banner = (f"fabrique-edge {__version__} console of {self.config.node.id} "
+                  f"({self.config.station.kind}): type help")
+        if console.stdin:
+            self.consoles.append(StreamConsole(self.post))
+        if console.serial_port:
+            self.board.claim(f"port {port_identity(console.serial_port)}", "[console] serial_port")
+            self.consoles.append(SerialConsole(self.post, console.serial_port, console.baudrate, banner))
+        if console.socket:
+            self.consoles.append(SocketConsole(self.post, str(console.socket)))
+        for c in self.consoles:
+            c.start()
 
     def _load_station(self) -> None:
         kind = self.config.station.kind
@@ -231,6 +246,9 @@ class Node:
         self.notifier.stopping(self.stop_reason or "stopping")
         self.board.close()
         self.state = STOPPED
+        for console in self.consoles:
+            if hasattr(console, "close"):
+                console.close()
         if self.sync is not None:
             self.sync.stop()
         if self.store is not None:

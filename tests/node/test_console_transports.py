@@ -1,0 +1,66 @@
+"""The operator's console on a serial port and on a local socket: the same commands, replies."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tty
+
+from trailer import ROOT, example_station
+
+from edge.simline import wait_until
+
+
+def read_line(fd: int, timeout: float = 20) -> str:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no reply line; got {buf!r}"
+        buf += os.read(fd, 1024)
+    return buf.decode().split("\n")[0].rstrip("\r")
+
+
+def test_serial_and_socket_consoles_answer_the_operator(tmp_path):
+    master, slave = pty.openpty()
+    tty.setraw(master)
+    sock_path = tmp_path / "console.sock"
+    station = example_station("transfer", tmp_path)
+    text = station.read_text()
+    text = text.replace('serial_port = "/dev/ttyAMA0"', f'serial_port = "{os.ttyname(slave)}"')
+    text = text.replace('socket = "/run/fabrique-edge/console.sock"', f'socket = "{sock_path}"')
+    station.write_text(text)
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(station)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+    try:
+        assert "console of transfer-1" in read_line(master)  # the banner
+        os.write(master, b"drive conveyor on\r")
+        assert json.loads(read_line(master).removeprefix("ok ")) == {"conveyor": True}
+        os.write(master, b"drive conveyer on\r")
+        assert "no output named 'conveyer'" in read_line(master)
+        os.write(master, b"x" * 3000 + b"\r")
+        assert read_line(master).startswith("error line too long")
+
+        wait_until(sock_path.exists, 20, "the console socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(sock_path))
+            s.sendall(b"status\nnote J1 from the socket\n")
+            with s.makefile() as answers:
+                replies = answers.readline(), answers.readline()
+        status = json.loads(replies[0].removeprefix("ok "))
+        assert status["devices"]["conveyor"]["value"] is True  # what the serial console did
+        assert replies[1].startswith("ok ") and json.loads(replies[1][3:])["job"] == "J1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        os.close(master)
+        os.close(slave)
+    assert not sock_path.exists()  # removed on the way out

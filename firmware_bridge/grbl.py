@@ -322,7 +322,8 @@ class Grbl:
             self._answers.clear()
         try:
             self._run_job(job, report, index, in_flight, counting, stop_on_error, on_error, on_progress, timeout)
-        except GrblFault:
+        except GrblFault as fault:
+            fault.position = report.position  # lines answered before the fault, wherever it came from
             self._owed = bool(in_flight)
             raise
         report.seconds = time.monotonic() - begun

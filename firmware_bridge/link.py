@@ -429,7 +429,7 @@ class BoardLink:
     def _on_time(self, now: float) -> None:
         if self._in_flight:
             oldest = next(iter(self._in_flight.values()))
-            if oldest.retries >= 3 and now - max(self._last_heard, oldest.first_sent_at) > self.silence_limit:
+            if oldest.retries >= 5 and now - max(self._last_heard, oldest.first_sent_at) > self.silence_limit:
                 self._set_fault(
                     DeviceSilent(
                         f"{self.port}: no intact frame from the board for {self.silence_limit:g} s with commands "
@@ -439,7 +439,8 @@ class BoardLink:
                 return
             for cmd in list(self._in_flight.values()):
                 # nothing came back to trigger a NAK or a rescue (a lost tail): resend, backing off
-                if now - cmd.sent_at > min(1.0, self.rto * (1 << min(cmd.retries, 2))):
+                # capped so that several tries fit in silence_limit before the link gives up
+                if now - cmd.sent_at > min(self.silence_limit / 8, self.rto * (1 << min(cmd.retries, 2))):
                     cmd.retries += 1
                     self.stats.timeouts += 1
                     self._transmit(cmd)

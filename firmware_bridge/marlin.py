@@ -173,6 +173,17 @@ class Marlin:
         job = [g for g in (clean_gcode(line) for line in lines)]
         report = StreamReport(position=start)
         begun = time.monotonic()
+        try:
+            self._run_job(job, report, start, on_progress)
+        except MarlinFault as fault:
+            fault.position = report.position  # lines accepted before the fault, wherever it came from
+            raise
+        report.seconds = time.monotonic() - begun
+        return report
+
+    def _run_job(
+        self, job: list[str], report: StreamReport, start: int, on_progress: Callable[[int], None] | None
+    ) -> None:
         self._send_numbered(0, "M110 N0")
         self._wait_ok_simple(self.answer_timeout)
         sent_at_number: dict[int, int] = {}  # line number -> job index
@@ -218,8 +229,6 @@ class Marlin:
                 report.position = index
             else:
                 raise MarlinFault(f"{self.port_name}: Marlin asked for line N{asked}, never sent", report.position)
-        report.seconds = time.monotonic() - begun
-        return report
 
     # -- internals ----------------------------------------------------------------
     def _await_answer(self, position: int) -> tuple[str, int]:

@@ -72,12 +72,12 @@ def test_servo_takes_the_commanded_pulse_width(io_board: BoardLink, firmware: Si
 
 
 def test_silent_host_trips_the_firmware_watchdog_to_the_safe_state(firmware: SimulatedFirmware) -> None:
-    with BoardLink(firmware.port, heartbeat=0) as link:
-        link.set_watchdog(200)
+    with BoardLink(firmware.port) as link:
         for index in range(4):
             link.set_output(index, index != 3)  # run: outputs on, brake released
         link.servo(0, 1200)
         assert firmware.wait_for(lambda f: levels(f) == (1, 1, 1, 0) and f.servo_us == 1200)
+        link.set_watchdog(200)
     # the host is gone: no frame for 200 ms
     assert firmware.wait_for(lambda f: levels(f) == (0, 0, 0, 1) and f.servo_us == 0)
     with BoardLink(firmware.port) as link:
@@ -90,13 +90,13 @@ def test_silent_host_trips_the_firmware_watchdog_to_the_safe_state(firmware: Sim
 
 
 def test_heartbeat_keeps_the_firmware_watchdog_fed(firmware: SimulatedFirmware, wait_until) -> None:
-    with BoardLink(firmware.port, heartbeat=0.05) as link:
-        link.set_watchdog(500)
+    with BoardLink(firmware.port, heartbeat=0.1) as link:
+        link.set_watchdog(1000)
         link.set_output(2, True)
         start = link.status().executed
-        wait_until(lambda: link.stats.heartbeats >= 15, what="15 heartbeats")
+        wait_until(lambda: link.stats.heartbeats >= 35, what="35 heartbeats, over three watchdog periods")
         status = link.status()
-        assert status.executed - start >= 15 and not status.locked_safe
+        assert status.executed - start >= 35 and not status.locked_safe
         assert firmware.levels.get("D6") == 1
 
 
@@ -105,7 +105,7 @@ def test_firmware_behind_a_noisy_line_runs_every_command_exactly_once(firmware: 
     count = 150
     commands = [p.command(p.Opcode.ECHO, i.to_bytes(2, "big") * 8) for i in range(count)]
     replies: dict[int, bytes] = {}
-    with NoiseProxy(firmware.port, noise, noise, seed=3) as proxy, BoardLink(proxy.port, heartbeat=0) as link:
+    with NoiseProxy(firmware.port, noise, noise, seed=3) as proxy, BoardLink(proxy.port, heartbeat=0, silence_limit=30) as link:
         before = link.status().executed
         assert link.run(commands, on_reply=lambda i, d: replies.__setitem__(i, d)) == count
         after = link.status().executed

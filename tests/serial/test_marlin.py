@@ -87,15 +87,15 @@ def test_line_damaged_every_time_aborts_with_a_clear_fault() -> None:
 
 
 def test_homing_longer_than_the_answer_timeout_is_kept_alive_by_busy(printer_sim: SimulatedMarlin) -> None:
-    printer_sim.home_seconds = 1.0
-    printer = connect(printer_sim, answer_timeout=0.4)
+    printer_sim.home_seconds = 3.0
+    printer = connect(printer_sim, answer_timeout=1.0)
     report = printer.stream(["G28", "G1 X10 F3000"])
     printer.close()
     assert report.resends == 0 and printer_sim.executed == ["G28", "G1 X10 F3000"]
 
 
 def test_heating_waits_and_reports_temperatures(printer_sim: SimulatedMarlin) -> None:
-    printer = connect(printer_sim, answer_timeout=0.4)
+    printer = connect(printer_sim)
     printer.stream(["M140 S60", "M109 S210"])
     assert printer.temperatures is not None and printer.temperatures.hotend is not None
     assert printer.temperatures.hotend[1] == 210.0

@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import serial
@@ -163,6 +163,11 @@ class BoardLink:
             data = hello.wait(timeout)
         except (LinkFault, CommandRefused) as exc:
             self.close()
+            if isinstance(exc, DeviceSilent):
+                raise DeviceSilent(
+                    f"{self.port}: no answer to HELLO within {timeout:g} s; is this one of our boards "
+                    f"(protocol {p.PROTOCOL_VERSION}, {self.baudrate} baud) and powered?"
+                ) from exc
             if isinstance(exc, LinkFault):
                 raise
             raise IncompatibleFirmware(f"{self.port}: the board refused HELLO ({exc})") from exc
@@ -448,7 +453,3 @@ class BoardLink:
             self.stats.heartbeats += 1
             self._send_new(Kind.COMMAND, p.command(Opcode.PING))
 
-
-def run_commands(link: BoardLink, commands: Iterable[bytes]) -> int:
-    """Convenience for scripts: run a whole list, return how many were acknowledged."""
-    return link.run(list(commands))

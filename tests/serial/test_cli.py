@@ -106,3 +106,10 @@ def test_unplugged_laser_mid_job_exits_1_and_says_where_to_resume(tmp_path: Path
     assert process.returncode == 1
     assert "unplugged" in err and "resume with: --resume-from" in err
     assert "status=fault" in out
+
+
+def test_identify_on_a_laser_port_says_it_is_not_one_of_our_boards() -> None:
+    with SimulatedGrbl() as laser:
+        result = cli("identify", "--port", laser.port)
+    assert result.returncode == 2
+    assert "no answer to HELLO" in result.stderr and "is this one of our boards" in result.stderr

@@ -74,6 +74,7 @@ class Node:
         self.archive_every_s = archive_every_s
         self.last_archive = time.monotonic()
         self.published_state: bytes | None = None
+        self.unpublished_jobs: set[str] = set()
         self.commands = CommandSet()
         self.consoles: list[Any] = []
         self._register_commands()
@@ -139,7 +140,7 @@ class Node:
                          on_ingest=self._on_ingest, on_command=self._on_mqtt_command)
         self.sync.extra_subscriptions.append(HA_STATUS_TOPIC)
         self.sync.message_hooks[HA_STATUS_TOPIC] = self._on_ha_status
-        self.sync.on_connect_hooks += [self._announce, self.publish_state]
+        self.sync.on_connect_hooks += [self._announce, self.publish_state, self._republish_jobs]
         self.sync.start()
 
     def _start_consoles(self) -> None:
@@ -297,11 +298,26 @@ class Node:
         return event
 
     def publish_job(self, job: str) -> None:
+        """The job's retained state; offline, the job is remembered and published on reconnect."""
         if self.sync is None or self.store is None:
             return
         state = self.store.job(job)
-        if state is not None:
-            self.sync.publish(self.sync.topics.job(job), json.dumps(state.to_json()).encode(), retain=True)
+        if state is None:
+            return
+        payload = json.dumps(state.to_json()).encode()
+        if self.sync.publish(self.sync.topics.job(job), payload, retain=True) is None:
+            self.unpublished_jobs.add(job)
+        else:
+            self.unpublished_jobs.discard(job)
+
+    def _republish_jobs(self) -> None:
+        """On connect: jobs changed here while offline (also before a restart: their events
+        are still in the outbox) get their retained state published."""
+        if self.store is None:
+            return
+        pending = self.unpublished_jobs | {e.job for e in self.store.outbox_peek(self.store.outbox_size())}
+        for job in sorted(pending):
+            self.publish_job(job)
 
     def archive(self) -> list[str]:
         """Move closed jobs to the archive; clear the retained job topics this node published."""

@@ -3,44 +3,15 @@
 from __future__ import annotations
 
 import json
-import threading
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from mqttclient import TestClient
 
 from edge.simline import SimNode, converged, password_of, wait_until
 
 
-class Watcher:
-    """An MQTT client on either listener that keeps every message it sees, in order."""
-
-    def __init__(self, port: int, user: str, password: str, topics: tuple[str, ...] = ("fabrique/#",)):
-        self.seen: list[tuple[str, bytes, bool]] = []
-        self.lock = threading.Lock()
-        ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(user, password)
-        self.client.on_connect = lambda c, u, f, rc, p: (topics and c.subscribe([(t, 1) for t in topics]),
-                                                         ready.set())
-        self.client.on_message = self._message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert ready.wait(10)
-
-    def _message(self, _c, _u, msg) -> None:
-        with self.lock:
-            self.seen.append((msg.topic, msg.payload, msg.retain))
-
-    def on(self, topic: str) -> list[bytes]:
-        with self.lock:
-            return [p for t, p, _ in self.seen if t == topic]
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def watcher(port: int, user: str, password: str,
+            topics: tuple[str, ...] = ("fabrique/#",)) -> TestClient:
+    return TestClient(port, user, password, topics=topics)
 
 
 def test_a_node_that_boots_with_no_broker_works_and_syncs_when_one_appears(tmp_path, broker, line):
@@ -62,8 +33,8 @@ def test_a_late_will_of_an_old_session_does_not_mark_a_live_node_offline(broker,
     intake = line["intake-1"]
     wait_until(lambda: intake.status()["mqtt"]["connected"])
     session = intake.status()["mqtt"]["session"]
-    dash = Watcher(broker.people_port, "dashboard", "pw-dashboard")
-    ghost = Watcher(broker.port, "intake-1", password_of("intake-1"), topics=())
+    dash = watcher(broker.people_port, "dashboard", "pw-dashboard")
+    ghost = watcher(broker.port, "intake-1", password_of("intake-1"), topics=())
     try:
         topic = "fabrique/demo/node/intake-1/status"
         wait_until(lambda: dash.on(topic), 10, "the birth")
@@ -73,7 +44,7 @@ def test_a_late_will_of_an_old_session_does_not_mark_a_live_node_offline(broker,
     finally:
         ghost.close()
         dash.close()
-    late = Watcher(broker.people_port, "dashboard", "pw-dashboard")
+    late = watcher(broker.people_port, "dashboard", "pw-dashboard")
     try:
         status = json.loads(wait_until(lambda: late.on("fabrique/demo/node/intake-1/status"), 10)[-1])
         assert status == {"state": "online", "session": session, "version": status["version"],
@@ -87,7 +58,7 @@ def test_killed_node_is_marked_offline_by_its_will(broker, line):
     wait_until(lambda: laser.status()["mqtt"]["connected"])
     session = laser.status()["mqtt"]["session"]
     laser.kill()  # power cut: no goodbye, the broker publishes the will after the keepalive
-    dash = Watcher(broker.people_port, "dashboard", "pw-dashboard")
+    dash = watcher(broker.people_port, "dashboard", "pw-dashboard")
     try:
         wait_until(lambda: any(json.loads(p) == {"state": "offline", "session": session}
                                for p in dash.on("fabrique/demo/node/laser-1/status")), 30, "the will")
@@ -98,7 +69,7 @@ def test_killed_node_is_marked_offline_by_its_will(broker, line):
 def test_home_assistant_coming_online_gets_every_node_announced_again(broker, line):
     laser = line["laser-1"]
     wait_until(lambda: laser.status()["mqtt"]["connected"])
-    ha = Watcher(broker.people_port, "homeassistant", "pw-ha", topics=("homeassistant/#",))
+    ha = watcher(broker.people_port, "homeassistant", "pw-ha", topics=("homeassistant/#",))
     try:
         config_topic = "homeassistant/sensor/laser-1/state/config"
         wait_until(lambda: ha.on(config_topic), 10, "the retained discovery config")
@@ -118,7 +89,7 @@ def test_an_archived_job_clears_its_retained_topic(broker, line):
     pickup = line["pickup-1"]
     pickup.notes("ARC1", 1)
     pickup.command("complete ARC1")
-    dash = Watcher(broker.people_port, "dashboard", "pw-dashboard")
+    dash = watcher(broker.people_port, "dashboard", "pw-dashboard")
     try:
         wait_until(lambda: any(json.loads(p)["status"] == "completed" for p in dash.on("fabrique/demo/job/ARC1")
                                if p), 10, "the completed job state")
@@ -126,7 +97,7 @@ def test_an_archived_job_clears_its_retained_topic(broker, line):
         wait_until(lambda: dash.on("fabrique/demo/job/ARC1")[-1] == b"", 10, "the retained topic cleared")
     finally:
         dash.close()
-    late = Watcher(broker.people_port, "dashboard", "pw-dashboard")
+    late = watcher(broker.people_port, "dashboard", "pw-dashboard")
     try:
         wait_until(lambda: late.on("fabrique/demo/node/pickup-1/status"), 10)
         assert late.on("fabrique/demo/job/ARC1") == []  # nothing retained for a late dashboard
@@ -138,7 +109,7 @@ def test_an_archived_job_clears_its_retained_topic(broker, line):
 def test_malformed_events_are_dropped_and_counted_and_the_node_lives_on(broker, line):
     laser = line["laser-1"]
     wait_until(lambda: laser.status()["mqtt"]["connected"])
-    rogue = Watcher(broker.port, "rogue-1", password_of("rogue-1"), topics=())
+    rogue = watcher(broker.port, "rogue-1", password_of("rogue-1"), topics=())
     try:
         for payload in (b"not json", b'{"v": 1}', b'{"v": 1, "events": [{"id": "x"}]}', b"\xff" * 300_000):
             rogue.publish("fabrique/demo/events/rogue-1", payload)
@@ -147,3 +118,21 @@ def test_malformed_events_are_dropped_and_counted_and_the_node_lives_on(broker, 
         rogue.close()
     assert laser.command("ping") == "pong"
     assert laser.status()["vector"] == {}
+
+
+def test_a_job_changed_offline_gets_its_retained_state_when_the_broker_returns(tmp_path, broker, line):
+    pickup = line["pickup-1"]
+    wait_until(lambda: pickup.status()["mqtt"]["connected"])
+    broker.stop()
+    wait_until(lambda: not pickup.status()["mqtt"]["connected"], 20, "pickup offline")
+    pickup.notes("OFF1", 1)
+    pickup.command("complete OFF1")
+    pickup.stop()  # and a restart while offline: only the outbox remembers the job
+    pickup.start()
+    broker.start()
+    dash = watcher(broker.people_port, "dashboard", "pw-dashboard")
+    try:
+        state = wait_until(lambda: dash.json("fabrique/demo/job/OFF1"), 20, "the job's retained state")
+        assert state["status"] == "completed"
+    finally:
+        dash.close()

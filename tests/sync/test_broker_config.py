@@ -3,71 +3,23 @@
 from __future__ import annotations
 
 import json
-import threading
-import uuid
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from mqttclient import TestClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.simline import SHIPPED, SimBroker, SimNode, password_of, wait_until
 
 
-class Client:
-    """A bare MQTT 5 client that records what it receives and the PUBACK reason of what it sends."""
-
-    def __init__(self, port: int, user: str | None, password: str | None, client_id: str = "",
-                 clean: bool = True):
-        self.got: list[tuple[str, bytes, object]] = []
-        self.acks: dict[int, object] = {}
-        self.cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or uuid.uuid4().hex,
-                                  protocol=mqtt.MQTTv5)
-        if user:
-            self.client.username_pw_set(user, password)
-        self.client.on_message = self._message
-        self.client.on_publish = self._puback
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0 if clean else 3600
-        self.client.connect("127.0.0.1", port, clean_start=clean, properties=props)
-        self.client.loop_start()
-
-    def _message(self, _c, _u, msg) -> None:
-        with self.cond:
-            self.got.append((msg.topic, msg.payload, msg.properties))
-            self.cond.notify_all()
-
-    def _puback(self, _c, _u, mid, reason, _p) -> None:
-        with self.cond:
-            self.acks[mid] = reason
-            self.cond.notify_all()
-
-    def subscribe(self, topic: str) -> None:
-        result, mid = self.client.subscribe(topic, qos=1)
-        assert result == 0
-
-    def publish(self, topic: str, payload: bytes | str, **kw) -> object:
-        """Publish at QoS 1 and return the broker's PUBACK reason code."""
-        info = self.client.publish(topic, payload, qos=1, **kw)
-        with self.cond:
-            assert self.cond.wait_for(lambda: info.mid in self.acks, 10)
-            return self.acks[info.mid]
-
-    def wait_for(self, pred, timeout: float = 10):
-        with self.cond:
-            assert self.cond.wait_for(lambda: any(pred(t, p) for t, p, _ in self.got), timeout), self.got
-            return [(t, p, props) for t, p, props in self.got if pred(t, p)]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def client(port: int, user: str | None, password: str | None, client_id: str = "",
+           clean: bool = True) -> TestClient:
+    return TestClient(port, user, password, topics=(), client_id=client_id, clean=clean)
 
 
 def test_a_node_cannot_publish_another_nodes_topics(broker):
-    watcher = Client(broker.people_port, "dashboard", "pw-dashboard")
-    laser = Client(broker.port, "laser-1", password_of("laser-1"))
-    dash = Client(broker.people_port, "dashboard", "pw-dashboard")
+    watcher = client(broker.people_port, "dashboard", "pw-dashboard")
+    laser = client(broker.port, "laser-1", password_of("laser-1"))
+    dash = client(broker.people_port, "dashboard", "pw-dashboard")
     try:
         watcher.subscribe("fabrique/#")
         forged = {
@@ -85,7 +37,7 @@ def test_a_node_cannot_publish_another_nodes_topics(broker):
         own = laser.publish("fabrique/demo/node/laser-1/state", b'{"state": "idle"}')
         assert not own.is_failure
         watcher.wait_for(lambda t, p: t == "fabrique/demo/node/laser-1/state")
-        assert not [t for t, _, _ in watcher.got if "intake-1" in t]
+        assert not [t for t, _, _, _ in watcher.seen if "intake-1" in t]
     finally:
         for c in (watcher, laser, dash):
             c.close()
@@ -94,7 +46,7 @@ def test_a_node_cannot_publish_another_nodes_topics(broker):
 def test_commands_over_mqtt5_answer_with_correlation_data_and_refuse_hardware_moves(broker, line):
     laser = line["laser-1"]
     wait_until(lambda: laser.status()["mqtt"]["connected"])
-    op = Client(broker.people_port, "operator", "pw-operator")
+    op = client(broker.people_port, "operator", "pw-operator")
     try:
         op.subscribe("fabrique/demo/node/laser-1/cmd/response/#")
         requests = [b'{"command": "status"}', b'{"command": "drive", "args": {"device": "x", "value": true}}',
@@ -104,8 +56,8 @@ def test_commands_over_mqtt5_answer_with_correlation_data_and_refuse_hardware_mo
             props.ResponseTopic = "fabrique/demo/node/laser-1/cmd/response/op-42"
             props.CorrelationData = f"req-{n}".encode()
             op.publish("fabrique/demo/node/laser-1/cmd", body, properties=props)
-        wait_until(lambda: len(op.got) >= len(requests), 10, "a reply to every request")
-        by_corr = {bytes(props.CorrelationData).decode(): json.loads(p) for _t, p, props in op.got}
+        wait_until(lambda: len(op.seen) >= len(requests), 10, "a reply to every request")
+        by_corr = {bytes(props.CorrelationData).decode(): json.loads(p) for _t, p, props, _r in op.seen}
         assert by_corr["req-0"]["ok"] and by_corr["req-0"]["result"]["node"] == "laser-1"
         assert "only allowed from the station's own console" in by_corr["req-1"]["error"]
         assert "not JSON" in by_corr["req-2"]["error"]
@@ -120,7 +72,7 @@ def test_commands_over_mqtt311_answer_with_the_request_id(tmp_path, broker):
     node = SimNode(tmp_path, "printer-1", broker.port, kind="printer", protocol="3.1.1").start()
     try:
         wait_until(lambda: node.status()["mqtt"]["connected"])
-        op = Client(broker.people_port, "operator", "pw-operator")
+        op = client(broker.people_port, "operator", "pw-operator")
         try:
             op.subscribe("fabrique/demo/node/printer-1/cmd/response")
             op.publish("fabrique/demo/node/printer-1/cmd", b'{"command": "ping", "id": "dash-17"}')
@@ -136,7 +88,7 @@ def test_bridge_forwards_to_the_cloud_once_it_returns(tmp_path):
     cloud = SimBroker(tmp_path / "cloud", people={"trailer-demo": "pw-bridge", "cloudreader": "pw-reader"},
                    people_acl="user trailer-demo\ntopic readwrite fabrique/#\n"
                               "user cloudreader\ntopic read fabrique/#\n").start()
-    reader = Client(cloud.people_port, "cloudreader", "pw-reader", client_id="cloud-reader", clean=False)
+    reader = client(cloud.people_port, "cloudreader", "pw-reader", client_id="cloud-reader", clean=False)
     reader.subscribe("fabrique/#")
     reader.close()
     cloud.stop()  # the truck drives off: no internet
@@ -154,10 +106,10 @@ def test_bridge_forwards_to_the_cloud_once_it_returns(tmp_path):
         sent = node.notes("CLOUD1", 25)
         wait_until(lambda: node.status()["outbox"] == 0, 30, "hub to take the events")
         cloud.start()
-        reader = Client(cloud.people_port, "cloudreader", "pw-reader", client_id="cloud-reader", clean=False)
+        reader = client(cloud.people_port, "cloudreader", "pw-reader", client_id="cloud-reader", clean=False)
         try:
             reader.subscribe("fabrique/#")
-            wait_until(lambda: {e["id"] for _t, p, _ in reader.got if _t.endswith("/events/intake-1")
+            wait_until(lambda: {e["id"] for _t, p, _, _ in reader.seen if _t.endswith("/events/intake-1")
                                 for e in json.loads(p)["events"]} >= set(sent), 60, "events at the cloud")
         finally:
             reader.close()

@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from mqttclient import TestClient
 
 from edge.simline import SimNode, converged, password_of, wait_until
 
 
-class Dashboard:
-    """A dashboard's MQTT client: subscribes to the line and keeps the last message per topic."""
-
-    def __init__(self, port: int, user: str = "dashboard", password: str = "pw-dashboard"):
-        self.messages: dict[str, bytes] = {}
-        self.retained: set[str] = set()
-        self.connected = threading.Event()
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(user, password)
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe("fabrique/#", qos=1),
-                                                         c.subscribe("homeassistant/#", qos=1),
-                                                         self.connected.set())
-        self.client.on_message = self._message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self.connected.wait(10)
-
-    def _message(self, _c, _u, msg) -> None:
-        with self.lock:
-            self.messages[msg.topic] = msg.payload
-            if msg.retain:
-                self.retained.add(msg.topic)
-
-    def json(self, topic: str):
-        with self.lock:
-            payload = self.messages.get(topic)
-        return json.loads(payload) if payload else None
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+def dashboard(port: int, user: str = "dashboard", password: str = "pw-dashboard") -> TestClient:
+    return TestClient(port, user, password, topics=("fabrique/#", "homeassistant/#"))
 
 
 def test_two_nodes_exchange_events_and_a_dashboard_sees_retained_topics(broker, line):
@@ -53,7 +21,7 @@ def test_two_nodes_exchange_events_and_a_dashboard_sees_retained_topics(broker, 
     wait_until(converged([intake, laser], {"intake-1": 3, "laser-1": 2}), 30, "vectors to converge")
     assert sorted(e.id for e in laser.ledger()) == sorted(sent)
 
-    dash = Dashboard(broker.people_port)  # joins late: sees only retained state
+    dash = dashboard(broker.people_port)  # joins late: sees only retained state
     try:
         status = wait_until(lambda: dash.json("fabrique/demo/node/intake-1/status"), 10, "retained status")
         assert status["state"] == "online" and status["kind"] == "intake" and status["session"] == 1
@@ -63,11 +31,11 @@ def test_two_nodes_exchange_events_and_a_dashboard_sees_retained_topics(broker, 
         assert job["job"] == "A7K2M9"
         ha = wait_until(lambda: dash.json("homeassistant/sensor/laser-1/state/config"), 10, "HA discovery")
         assert ha["state_topic"] == "fabrique/demo/node/laser-1/state"
-        assert {"fabrique/demo/node/intake-1/status", "fabrique/demo/job/A7K2M9"} <= dash.retained
+        assert {"fabrique/demo/node/intake-1/status", "fabrique/demo/job/A7K2M9"} <= dash.retained()
     finally:
         dash.close()
     assert intake.stop() == 0
-    dash = Dashboard(broker.people_port)
+    dash = dashboard(broker.people_port)
     try:
         gone = wait_until(lambda: (dash.json("fabrique/demo/node/intake-1/status") or {}).get("state") == "offline",
                           10, "offline status after a clean stop")
@@ -157,11 +125,10 @@ def test_duplicate_and_reordered_deliveries_change_nothing(broker, line):
     wait_until(converged([intake, laser], {"intake-1": 10, "laser-1": 5}), 30)
     before = laser.command("job D1")
     events = [e.to_json() for e in intake.ledger()]
-    rogue = Dashboard(broker.port, "rogue-1", password_of("rogue-1"))
+    rogue = dashboard(broker.port, "rogue-1", password_of("rogue-1"))
     try:
         for batch in (events[::-1], events[3:7] * 3, events):
-            info = rogue.client.publish("fabrique/demo/events/rogue-1", json.dumps({"v": 1, "events": batch}), qos=1)
-            info.wait_for_publish(10)
+            assert not rogue.publish("fabrique/demo/events/rogue-1", json.dumps({"v": 1, "events": batch})).is_failure
         marker = laser.notes("D2", 1)  # events are applied in order: once this is stored, so are the replays
         wait_until(converged([intake], {"intake-1": 10, "laser-1": 6}), 30)
     finally:

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import importlib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.tomlsource import TomlSource
+from edge.configfile import (
+    REQUIRED,
+    ConfigError,
+    ConfigIssue,
+    Document,
+    Section,
+    did_you_mean,
+    open_document,
+    type_name,
+)
 
 STATION_KINDS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
 HARDWARE_TYPES = (
@@ -43,35 +50,6 @@ BOARD_TO_BCM = {
 }
 POWER_PINS = {1: "3V3", 2: "5V", 4: "5V", 6: "GND", 9: "GND", 14: "GND", 17: "3V3", 20: "GND",
               25: "GND", 30: "GND", 34: "GND", 39: "GND"}
-_REQUIRED: Any = object()
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a config file, located by file, line, section and key."""
-
-    file: str
-    line: int
-    section: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"[{self.section}] " if self.section else ""
-        key = f"{self.key}: " if self.key else ""
-        line = f":{self.line}" if self.line else ""
-        return f"{self.file}{line}: {where}{key}{self.message}"
-
-
-class ConfigError(Exception):
-    """A config file could not be loaded; `.issues` lists every problem found."""
-
-    def __init__(self, issues: list[ConfigIssue], unreadable: bool = False):
-        self.issues = issues
-        self.unreadable = unreadable
-        super().__init__("\n".join(str(i) for i in issues))
-
-
 # ---------------------------------------------------------------- records
 
 @dataclass(frozen=True)
@@ -185,187 +163,12 @@ class LineConfig:
     order_max_age_s: int
 
 
-# ---------------------------------------------------------------- reading
-
-class Section:
-    """Typed, bounded getters over one table; records issues instead of raising."""
-
-    def __init__(self, doc: Document, path: tuple[str, ...], data: Any):
-        self.doc = doc
-        self.path = path
-        self.name = ".".join(path)
-        if not isinstance(data, dict):
-            doc.issue(path, "", f"must be a table, not {_type_name(data)}")
-            data = {}
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def issue(self, key: str, message: str) -> None:
-        self.doc.issue(self.path + ((key,) if key else ()), key, message, section=self.name)
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def _raw(self, key: str, default: Any) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is _REQUIRED:
-                self.issue(key, "is required")
-            return _REQUIRED
-        return self.data[key]
-
-    def get(self, key: str, types: tuple[type, ...], what: str, default: Any = _REQUIRED) -> Any:
-        value = self._raw(key, default)
-        if value is _REQUIRED:
-            return None if default is _REQUIRED else default
-        if isinstance(value, bool) and bool not in types:
-            self.issue(key, f"must be {what}, not a boolean ({value!r})")
-            return None if default is _REQUIRED else default
-        if not isinstance(value, types):
-            self.issue(key, f"must be {what}, not {_type_name(value)} ({value!r})")
-            return None if default is _REQUIRED else default
-        return value
-
-    def get_str(self, key: str, default: Any = _REQUIRED, choices: Iterable[str] | None = None,
-                pattern: re.Pattern[str] | None = None, rule: str = "") -> Any:
-        value = self.get(key, (str,), "a string", default)
-        if not isinstance(value, str) or value == default:
-            return value
-        if choices is not None:
-            choices = tuple(choices)
-            if value not in choices:
-                self.issue(key, f"{value!r} is not one of {', '.join(choices)}{_did_you_mean(value, choices)}")
-                return None if default is _REQUIRED else default
-        if pattern is not None and not pattern.match(value):
-            self.issue(key, f"{value!r} is not a valid name ({rule})")
-            return None if default is _REQUIRED else default
-        return value
-
-    def get_int(self, key: str, default: Any = _REQUIRED, minval: int | None = None,
-                maxval: int | None = None) -> Any:
-        value = self.get(key, (int,), "an integer", default)
-        if not isinstance(value, int) or isinstance(value, bool):
-            return value
-        if (minval is not None and value < minval) or (maxval is not None and value > maxval):
-            self.issue(key, f"{value} is out of range {_range(minval, maxval)}")
-            return None if default is _REQUIRED else default
-        return value
-
-    def get_bool(self, key: str, default: Any = _REQUIRED) -> Any:
-        return self.get(key, (bool,), "true or false", default)
-
-    def get_path(self, key: str, default: Any = _REQUIRED) -> Path | None:
-        value = self.get_str(key, default)
-        if not isinstance(value, str):
-            return value
-        if not value.strip():
-            self.issue(key, "must not be empty")
-            return None
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self.doc.base / path)
-
-    def get_str_list(self, key: str, default: Any = _REQUIRED) -> Any:
-        value = self.get(key, (list,), "a list of strings", default)
-        if not isinstance(value, list):
-            return value
-        bad = [v for v in value if not isinstance(v, str)]
-        if bad:
-            self.issue(key, f"must be a list of strings; {bad[0]!r} is {_type_name(bad[0])}")
-            return None if default is _REQUIRED else default
-        return value
-
-    def table(self, key: str) -> dict[str, Any]:
-        value = self.get(key, (dict,), "a table", {})
-        return value if isinstance(value, dict) else {}
-
-    def finish(self, extra_allowed: Iterable[str] = ()) -> None:
-        """Reject keys nobody asked for, with a "did you mean" from the keys that were."""
-        known = self.used | set(extra_allowed)
-        for key in self.data:
-            if key not in known:
-                self.issue(key, f"unknown key{_did_you_mean(key, sorted(known))}")
-
-
-class Document:
-    """One TOML file being read: its source, its base directory and the issues found."""
-
-    def __init__(self, source: TomlSource, base: Path):
-        self.source = source
-        self.base = base
-        self.issues: list[ConfigIssue] = []
-
-    def issue(self, path: tuple[str, ...], key: str, message: str, section: str | None = None) -> None:
-        if section is None:
-            section = ".".join(path[:-1]) if key else ".".join(path)
-        self.issues.append(ConfigIssue(self.source.name, self.source.line_of(path), section, key, message))
-
-    def section(self, *path: str, required: bool = True) -> Section:
-        data: Any = self.source.data
-        for part in path:
-            data = data.get(part) if isinstance(data, dict) else None
-        if data is None:
-            if required:
-                self.issue(path, "", "section is missing", section=".".join(path))
-            data = {}
-        return Section(self, tuple(path), data)
-
-    def finish_top(self, allowed: Iterable[str]) -> None:
-        allowed = tuple(allowed)
-        for key in self.source.data:
-            if key not in allowed:
-                self.issue((key,), "", f"unknown section{_did_you_mean(key, allowed)}", section=key)
-
-    def raise_if_issues(self) -> None:
-        if self.issues:
-            self.issues.sort(key=lambda i: i.line)
-            raise ConfigError(self.issues)
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _range(lo: int | None, hi: int | None) -> str:
-    return f"{'-inf' if lo is None else lo}..{'inf' if hi is None else hi}"
-
-
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def open_document(path: str | Path) -> Document:
-    """Read and parse a file; unreadable files and TOML syntax errors raise ConfigError."""
-    p = Path(path)
-    name = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([ConfigIssue(name, 0, "", "", "file not found")], unreadable=True) from None
-    except IsADirectoryError:
-        raise ConfigError([ConfigIssue(name, 0, "", "", "is a directory, not a file")], unreadable=True) from None
-    except PermissionError:
-        raise ConfigError([ConfigIssue(name, 0, "", "", "permission denied")], unreadable=True) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue(name, 1, "", "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")],
-                          unreadable=True) from None
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(name, 0, "", "", exc.strerror or str(exc))], unreadable=True) from None
-    source = TomlSource.parse(name, text)
-    doc = Document(source, p.resolve().parent)
-    if source.error:
-        doc.issues.append(ConfigIssue(name, source.error_line, "", "", f"TOML syntax error: {source.error}"))
-        raise ConfigError(doc.issues)
-    return doc
-
-
 # ---------------------------------------------------------------- pins
 
 def parse_pin(value: Any) -> tuple[int | None, str]:
     """A gpiozero pin spec (17, "GPIO17", "BCM17", "BOARD11", "J8:11") -> (BCM number, error)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        return None, f"must be a BCM number or a name like \"GPIO17\" or \"BOARD11\", not {_type_name(value)}"
+        return None, f"must be a BCM number or a name like \"GPIO17\" or \"BOARD11\", not {type_name(value)}"
     if isinstance(value, int):
         return (value, "") if 0 <= value <= 27 else (None, f"GPIO{value} does not exist (BCM 0..27)")
     text = value.strip().upper()
@@ -497,8 +300,8 @@ def _read_device(s: Section, name: str) -> HardwareConfig | None:
         return None
     fields: dict[str, Any] = {}
     if kind in ("digital_output", "digital_input", "emergency_stop", "door_interlock"):
-        raw = s._raw("pin", _REQUIRED)
-        if raw is not _REQUIRED:
+        raw = s._raw("pin", REQUIRED)
+        if raw is not REQUIRED:
             pin, error = parse_pin(raw)
             if error:
                 s.issue("pin", error)
@@ -586,7 +389,7 @@ def _read_orders(doc: Document) -> tuple[dict[str, bytes], int]:
             ks.issue(kid, "key id must be 1-16 characters of letters, digits, '-' and '_'")
             continue
         if not isinstance(value, str):
-            ks.issue(kid, f"must be a base64 Ed25519 public key string, not {_type_name(value)}")
+            ks.issue(kid, f"must be a base64 Ed25519 public key string, not {type_name(value)}")
             continue
         try:
             raw = base64.b64decode(value, validate=True)
@@ -615,7 +418,7 @@ def _read_product(doc: Document, pid: str) -> Product | None:
         for kind in route:
             if kind not in STATION_KINDS:
                 s.issue("route", f"{kind!r} is not a station kind ({', '.join(STATION_KINDS)})"
-                                 f"{_did_you_mean(kind, STATION_KINDS)}")
+                                 f"{did_you_mean(kind, STATION_KINDS)}")
         if len(set(route)) != len(route):
             s.issue("route", "names a station kind twice")
     options: dict[str, OptionSpec] = {}

@@ -14,7 +14,8 @@ from pathlib import Path
 from ledger_kit import REPO
 
 from edge.ledger import Event
-from edge.store import Store, _parse_line
+from edge.storage import parse_line
+from edge.store import Store
 
 CHILD = Path(__file__).with_name("crash_child.py")
 ROUNDS = 200
@@ -52,7 +53,7 @@ def _stored_event_ids(data_dir: Path) -> list[str]:
         archived = [Event.from_json(e).id for _job, rec in store.archive.records() for e in rec["events"]]
         assert store.vector().get("crash-1", 0) == len(set(hot + archived))
         for segment in store.archive.segments:  # no torn line left behind in the archive
-            assert all(_parse_line(line) for line in segment.read_bytes().splitlines(keepends=True))
+            assert all(parse_line(line) for line in segment.read_bytes().splitlines(keepends=True))
         assert {e.id for e in store.events_since({})} == set(hot + archived)
         return hot + archived
 

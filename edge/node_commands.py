@@ -1,0 +1,123 @@
+"""The node's own commands, declared once for the console, the local socket and MQTT:
+status and jobs for anyone; launching a signed order; manual override for an operator at
+the station (console only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from edge.control import CommandError, Param
+from edge.hw import SafetyInterlock
+from edge.ledger import STEP_STATUSES
+from edge.orders import verify_order
+
+if TYPE_CHECKING:
+    from edge.node import Node
+
+
+class NodeCommands:
+    """Registers the commands on `node.commands`; handlers run on the node loop."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        add = node.commands.register
+        add("help", "list the commands", lambda a: self.node.commands.help())
+        add("status", "station state, devices, counters", lambda a: self.node.get_status())
+        add("ping", "check the node answers", lambda a: "pong")
+        add("note", "add a note to a job's ledger", self._cmd_note,
+            Param("job", help="job id"), Param("text", rest=True, help="the note"))
+        add("job", "show a job's state", self._cmd_job, Param("job", help="job id"))
+        add("jobs", "list open jobs", lambda a: [s.to_json() for s in self.node.store.open_jobs()] if self.node.store else [])
+        add("sync", "publish this node's version vector now (peers re-send what it lacks)", self._cmd_sync)
+        add("archive", "archive closed jobs now", lambda a: self.node.archive())
+        add("launch", "verify a signed order (the QR payload) and launch its job here", self._cmd_launch,
+            Param("payload", rest=True, help="the QR code's text, FE1:..."))
+        add("step", "record this station's step of a job (manual override)", self._cmd_step,
+            Param("job"), Param("status", help="started, done, failed or skipped"),
+            Param("reason", required=False, rest=True), local_only=True)
+        add("override", "set any step of a job to a status, with a reason (operator's word is final)",
+            self._cmd_override, Param("job"), Param("step", help="station kind of the step"),
+            Param("to", help="pending, running, done, failed or skipped"), Param("reason", rest=True),
+            local_only=True)
+        add("complete", "record that the job was handed over", self._cmd_close("completed"), Param("job"),
+            Param("reason", required=False, rest=True), local_only=True)
+        add("cancel", "cancel a job", self._cmd_close("cancelled"), Param("job"),
+            Param("reason", required=False, rest=True), local_only=True)
+        add("drive", "set an output (manual override; refused while a safety circuit is open)",
+            self._cmd_drive, Param("device", help="output name"), Param("value", bool, help="on or off"),
+            local_only=True)
+
+    def _cmd_note(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.node.store is None:
+            raise CommandError("no store")
+        return self.node.record(args["job"], "note", {"text": args["text"]}).to_json()
+
+    def _cmd_launch(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.node.store is None or self.node.line is None:
+            raise CommandError("this node has no line file loaded")
+        verdict = verify_order(args["payload"], self.node.line, self.node.store.best_time_s())
+        if not verdict.ok or verdict.order is None:
+            self.node.counters["rejected_orders"] = self.node.counters.get("rejected_orders", 0) + 1
+            raise CommandError(f"order refused: {verdict.reason}: {verdict.detail}")
+        order = verdict.order
+        existing = self.node.store.job(order.order_id)
+        if existing is not None and existing.created_by:
+            raise CommandError(f"order {order.order_id} was already launched ({existing.status})")
+        route = self.node.line.products[order.product].route
+        self.node.record(order.order_id, "created", order.launch_data(route))
+        return {"job": order.order_id, "product": order.product, "route": list(route)}
+
+    def _job_or_fail(self, job: str) -> Any:
+        state = self.node.store.job(job) if self.node.store else None
+        if state is None:
+            raise CommandError(f"no job {job!r} on this node")
+        return state
+
+    def _cmd_step(self, args: dict[str, Any]) -> dict[str, Any]:
+        types = {"started": "step_started", "done": "step_done", "failed": "step_failed", "skipped": "step_skipped"}
+        if args["status"] not in types:
+            raise CommandError(f"status {args['status']!r} is not one of {', '.join(types)}")
+        self._job_or_fail(args["job"])
+        data = {"step": self.node.config.station.kind, "manual": True}
+        if args.get("reason"):
+            data["reason"] = args["reason"]
+        self.node.record(args["job"], types[args["status"]], data)
+        return self._job_or_fail(args["job"]).to_json()
+
+    def _cmd_override(self, args: dict[str, Any]) -> dict[str, Any]:
+        self._job_or_fail(args["job"])
+        if args["to"] not in STEP_STATUSES:
+            raise CommandError(f"{args['to']!r} is not one of {', '.join(STEP_STATUSES)}")
+        self.node.record(args["job"], "override", {"step": args["step"], "to": args["to"], "reason": args["reason"]})
+        return self._job_or_fail(args["job"]).to_json()
+
+    def _cmd_close(self, kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        def close(args: dict[str, Any]) -> dict[str, Any]:
+            state = self._job_or_fail(args["job"])
+            if not state.is_open:
+                raise CommandError(f"job {args['job']} is already {state.status}")
+            self.node.record(args["job"], kind, {"reason": args.get("reason") or ""})
+            return self._job_or_fail(args["job"]).to_json()
+        return close
+
+    def _cmd_job(self, args: dict[str, Any]) -> Any:
+        state = self.node.store.job(args["job"]) if self.node.store else None
+        if state is None:
+            raise CommandError(f"no job {args['job']!r} on this node")
+        return state.to_json()
+
+    def _cmd_sync(self, _args: dict[str, Any]) -> dict[str, Any]:
+        if self.node.sync is None:
+            raise CommandError("MQTT is disabled on this node")
+        self.node.sync.send_vector()
+        return {"connected": self.node.sync.connected, "vector": self.node.store.vector() if self.node.store else {}}
+
+    def _cmd_drive(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.node.board.drive(args["device"], args["value"])
+        except KeyError as exc:
+            raise CommandError(str(exc).strip("'\"")) from None
+        except SafetyInterlock as exc:
+            raise CommandError(str(exc)) from None
+        return {args["device"]: args["value"]}

@@ -245,6 +245,11 @@ class Sync:
 
     def _connected(self, data: dict[str, Any]) -> None:
         if not data["ok"]:
+            if self.link.protocol == 5 and "unsupported protocol version" in data["reason"].lower():
+                log.warning("broker %s:%d does not speak MQTT 5: falling back to 3.1.1",
+                            self.link.host, self.link.port)
+                self.link.protocol = 4
+                return
             log.warning("broker %s:%d refused the connection: %s", self.link.host, self.link.port, data["reason"])
             return
         self.connected_gen = data["gen"]

@@ -16,6 +16,7 @@ static uint8_t reply_len[WINDOW];
 static uint8_t reply_data[WINDOW][MAX_PAYLOAD];
 static uint8_t early_len[WINDOW];
 static uint8_t early_held; /* bit per slot (seq % WINDOW) holding an early command */
+static uint8_t gap_reported; /* a GAP NAK already asked for the frame now expected */
 static uint8_t early_data[WINDOW][MAX_PAYLOAD];
 
 static uint8_t locked_safe;
@@ -155,6 +156,7 @@ static void run_in_turn(uint8_t seq, const uint8_t *cmd, uint8_t len)
     uint8_t slot = seq % WINDOW;
     reply_len[slot] = execute(cmd, len, reply_data[slot]);
     expected = seq + 1;
+    gap_reported = 0;
     send_frame(K_REPLY, seq, reply_data[slot], reply_len[slot]);
 }
 
@@ -167,6 +169,7 @@ static void on_frame(const uint8_t *f, uint8_t len)
         session = 1;
         expected = seq + 1;
         early_held = 0;
+        gap_reported = 0;
         memset(reply_len, 0, sizeof reply_len);
         out[0] = ST_OK;
         send_frame(K_REPLY, seq, out, 1 + identity(out + 1));
@@ -193,9 +196,13 @@ static void on_frame(const uint8_t *f, uint8_t len)
     } else {
         if (distance < WINDOW) {
             uint8_t slot = seq % WINDOW;
+            uint8_t again = early_held & (1 << slot);
             memcpy(early_data[slot], payload, plen);
             early_len[slot] = plen;
             early_held |= 1 << slot;
+            if (gap_reported && !again)
+                return; /* one NAK per gap; an early frame sent again asks again */
+            gap_reported = 1;
         }
         send_nak(NAK_GAP, seq);
     }

@@ -52,6 +52,7 @@ class BoardLogic:
     expected: int = 0
     cache: dict[int, bytes] = field(default_factory=dict)  # seq % WINDOW -> reply payload
     early: dict[int, bytes] = field(default_factory=dict)  # seq -> command that came before its turn
+    gap_reported: bool = False  # a GAP NAK already asked for the frame now expected
     last_heard: float = field(default_factory=time.monotonic)
 
     def handle(self, frame: Frame, now: float) -> list[Frame]:
@@ -62,6 +63,7 @@ class BoardLogic:
             self.expected = seq_after(frame.seq)
             self.cache.clear()
             self.early.clear()
+            self.gap_reported = False
             return [Frame(Kind.REPLY, frame.seq, bytes((Status.OK,)) + identity_bytes(self.identity))]
         if frame.kind != Kind.COMMAND:
             return []
@@ -77,7 +79,11 @@ class BoardLogic:
         if distance >= 256 - WINDOW:  # one we already ran: its reply was lost, send it again
             return [Frame(Kind.REPLY, frame.seq, self.cache.get(frame.seq % WINDOW, bytes((Status.OK,))))]
         if distance < WINDOW:  # early: one before it is missing; hold it and say which
+            again = frame.seq in self.early
             self.early[frame.seq] = frame.payload
+            if self.gap_reported and not again:
+                return []  # one NAK per gap is enough; a resent early frame asks again
+            self.gap_reported = True
         return [self.nak(NakReason.GAP, frame.seq)]
 
     def nak(self, reason: int, trigger: int = 0) -> Frame:
@@ -95,6 +101,7 @@ class BoardLogic:
         reply = self.execute(payload)
         self.cache[seq % WINDOW] = reply
         self.expected = seq_after(seq)
+        self.gap_reported = False
         return Frame(Kind.REPLY, seq, reply)
 
     def execute(self, payload: bytes) -> bytes:

@@ -4,7 +4,7 @@
  *
  * stdout, one line each:  "PTY /dev/pts/N" once, then "PIN D4 1 <ms>" on every output
  * edge and "SERVO <us> <ms>" when the servo pulse width changes, 0 = off (<ms> is simulated time).
- * stdin, one line each:   "SET C0 0" drives input pin PC0 low, "QUIT" ends.
+ * stdin, one line each:   "SET C0 0" drives input pin PC0 low, "QUIT" ends; so does EOF.
  * The simulation is held to real time, so the firmware's millisecond timers mean what
  * they say to the host on the other side of the pty.
  */
@@ -168,7 +168,8 @@ int main(int argc, char **argv)
             in_pos = 0;
         }
         char c;
-        while (read(0, &c, 1) == 1) {
+        ssize_t got;
+        while ((got = read(0, &c, 1)) == 1) {
             if (c == '\n') {
                 line[line_len] = 0;
                 handle_stdin_line(line);
@@ -177,6 +178,8 @@ int main(int argc, char **argv)
                 line[line_len++] = c;
             }
         }
+        if (got == 0)
+            return 0; /* stdin closed: whoever started us is gone, so are we */
         double ahead = sim_ms() - wall_ms(&start);
         if (ahead > 1.0) {
             struct pollfd fds[2] = {{pty_master, POLLIN, 0}, {0, POLLIN, 0}};

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from firmware_bridge.textport import PortGone, TextPort
+from firmware_bridge.textport import TextDevice
 
 log = logging.getLogger(__name__)
 
@@ -180,23 +179,21 @@ class StreamReport:
     position: int = 0
 
 
-class Grbl:
+class Grbl(TextDevice):
     """A GRBL 1.1 controller on a serial port."""
 
+    gone = GrblGone
+
     def __init__(self, port: str, baudrate: int = 115200, rx_buffer: int = RX_BUFFER) -> None:
-        self.port_name = port
-        self.baudrate = baudrate
+        super().__init__(port, baudrate)
         self.rx_buffer = rx_buffer
         self.version: str | None = None
         self.messages: list[str] = []  # [MSG:...] and other feedback, for the operator
         self.alarm: int | None = None
-        self._port: TextPort | None = None
-        self._lock = threading.Condition()
         self._answers: deque[str] = deque()  # ok, error:N, ALARM:N, RESET: in arrival order
         self._status: GrblStatus | None = None
         self._status_seen = 0
         self._banners = 0
-        self._gone: str | None = None
         self._owed = False  # a job stopped with lines unanswered: resync before the next
 
     def open(self, timeout: float = 5.0) -> str:
@@ -206,10 +203,7 @@ class Grbl:
         reconnect mid-job) answers ``?``. Neither is reset by this: a soft reset would stop
         a running job with ALARM:3.
         """
-        try:
-            self._port = TextPort(self.port_name, self.baudrate, self._on_line, self._on_gone)
-        except PortGone as exc:
-            raise GrblGone(str(exc)) from exc
+        self._open_port(self._on_line)
         deadline = time.monotonic() + timeout
         with self._lock:
             while not (self._banners or self._status_seen or self._gone) and time.monotonic() < deadline:
@@ -416,21 +410,6 @@ class Grbl:
         if answer == "RESET":
             raise GrblGone(f"{self.port_name}: GRBL reset during the job (banner seen); position may be lost", position)
         return answer
-
-    def _write(self, data: bytes) -> None:
-        if self._port is None:
-            raise GrblGone(f"{self.port_name}: not open")
-        try:
-            self._port.write(data)
-        except PortGone as exc:
-            self._on_gone(str(exc))
-            raise GrblGone(str(exc)) from exc
-
-    def _on_gone(self, why: str) -> None:
-        with self._lock:
-            self._gone = why
-            self._lock.notify_all()
-        log.error("%s", why)
 
     def _on_line(self, line: str) -> None:
         with self._lock:

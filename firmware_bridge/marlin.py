@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from firmware_bridge.grbl import StreamReport
-from firmware_bridge.textport import PortGone, TextPort
+from firmware_bridge.textport import TextDevice
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +92,20 @@ class MarlinHalted(MarlinFault):
     """Marlin reported a fatal error (thermal runaway, kill()): the printer needs a person."""
 
 
-class Marlin:
+class Marlin(TextDevice):
     """A Marlin printer on a serial port."""
 
+    gone = MarlinGone
+
     def __init__(self, port: str, baudrate: int = 115200, max_resends: int = 8, answer_timeout: float = 10.0) -> None:
-        self.port_name = port
-        self.baudrate = baudrate
+        super().__init__(port, baudrate)
         self.max_resends = max_resends
         self.answer_timeout = answer_timeout
         self.temperatures: Temperatures | None = None
         self.messages: list[str] = []
-        self._port: TextPort | None = None
-        self._lock = threading.Condition()
         self._events: deque[tuple[str, int]] = deque()  # ("ok"|"resend"|"wait"|"start"|"fatal", n)
         self._fatal: str | None = None
         self._last_heard = time.monotonic()
-        self._gone: str | None = None
 
     def open(self, timeout: float = 5.0) -> None:
         """Open the port and reset line numbers (M110), retrying while the board boots.
@@ -116,10 +113,7 @@ class Marlin:
         Most boards reset when the port opens (DTR) and say ``start`` a second or two later;
         commands sent while the bootloader runs are lost, so M110 is repeated until answered.
         """
-        try:
-            self._port = TextPort(self.port_name, self.baudrate, self._on_line, self._on_gone)
-        except PortGone as exc:
-            raise MarlinGone(str(exc)) from exc
+        self._open_port(self._on_line)
         deadline = time.monotonic() + timeout
         while True:
             self._send_numbered(0, "M110 N0")
@@ -146,7 +140,7 @@ class Marlin:
         with self._lock:
             self._events.clear()
             seen = len(self.messages)
-        self._write("M115\n")
+        self._write_text("M115\n")
         self._wait_ok_simple(timeout)
         for line in self.messages[seen:]:
             if line.startswith("FIRMWARE_NAME:"):
@@ -157,7 +151,7 @@ class Marlin:
         """M105, outside any job."""
         with self._lock:
             self._events.clear()
-        self._write("M105\n")
+        self._write_text("M105\n")
         self._wait_ok_simple(timeout)
         if self.temperatures is None:
             raise MarlinFault(f"{self.port_name}: M105 gave no temperatures")
@@ -280,22 +274,10 @@ class Marlin:
                 self._lock.wait(remaining)
 
     def _send_numbered(self, number: int, gcode: str) -> None:
-        self._write(numbered(number, gcode) + "\n")
+        self._write_text(numbered(number, gcode) + "\n")
 
-    def _write(self, text: str) -> None:
-        if self._port is None:
-            raise MarlinGone(f"{self.port_name}: not open")
-        try:
-            self._port.write(text.encode("ascii"))
-        except PortGone as exc:
-            self._on_gone(str(exc))
-            raise MarlinGone(str(exc)) from exc
-
-    def _on_gone(self, why: str) -> None:
-        with self._lock:
-            self._gone = why
-            self._lock.notify_all()
-        log.error("%s", why)
+    def _write_text(self, text: str) -> None:
+        self._write(text.encode("ascii"))
 
     def _on_line(self, line: str) -> None:
         with self._lock:

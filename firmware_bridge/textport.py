@@ -64,3 +64,38 @@ class TextPort:
                 line = raw.strip(b"\r").decode("ascii", "replace").strip()
                 if line:
                     self._on_line(line)
+
+
+class TextDevice:
+    """What the GRBL and Marlin drivers share: the port, the condition their state lives
+    under, and how a vanished port becomes the driver's own `gone` fault."""
+
+    gone: type[Exception] = PortGone
+
+    def __init__(self, port: str, baudrate: int) -> None:
+        self.port_name = port
+        self.baudrate = baudrate
+        self._port: TextPort | None = None
+        self._lock = threading.Condition()
+        self._gone: str | None = None
+
+    def _open_port(self, on_line: Callable[[str], None]) -> None:
+        try:
+            self._port = TextPort(self.port_name, self.baudrate, on_line, self._on_gone)
+        except PortGone as exc:
+            raise self.gone(str(exc)) from exc
+
+    def _write(self, data: bytes) -> None:
+        if self._port is None:
+            raise self.gone(f"{self.port_name}: not open")
+        try:
+            self._port.write(data)
+        except PortGone as exc:
+            self._on_gone(str(exc))
+            raise self.gone(str(exc)) from exc
+
+    def _on_gone(self, why: str) -> None:
+        with self._lock:
+            self._gone = why
+            self._lock.notify_all()
+        log.error("%s", why)

@@ -115,6 +115,15 @@ def main() -> None:
         "own_protocol_firmware_in_simavr": goodput_series(SimulatedFirmware, 400),
         "grbl_streaming": grbl_rate(1500, 0.002),
     }
+    firmware = out["own_protocol_firmware_in_simavr"]["ratio_1e-4_vs_clean"]  # type: ignore[index]
+    twin = out["own_protocol_twin"]["ratio_1e-4_vs_clean"]  # type: ignore[index]
+    speedup = out["grbl_streaming"]["speedup"]  # type: ignore[index]
+    out["targets"] = {
+        "goodput_1e-4_over_clean_at_least": 0.9,
+        "firmware_ratio_1e-4": firmware, "firmware_ok": firmware >= 0.9,
+        "twin_ratio_1e-4": twin, "twin_ok": twin >= 0.9,
+        "grbl_speedup_at_least": 1.5, "grbl_speedup": speedup, "grbl_ok": speedup >= 1.5,
+    }
     out["seconds_total"] = round(time.monotonic() - began, 1)
     print(json.dumps(out, indent=2))
 

@@ -251,6 +251,7 @@ class Node:
                 console.close()
         if self.sync is not None:
             self.sync.stop()
+            self.sync.flush()  # events received but not yet written: keep them
         if self.store is not None:
             self.store.close()
         log.info("stopped (%s); outputs in safe state", self.stop_reason or "shutdown")

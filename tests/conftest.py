@@ -6,7 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from trailer import EXAMPLES, NotifySocket
+
+# Property tests assert behaviour, never speed: a loaded CI machine must not fail them on time.
+settings.register_profile("fabrique", deadline=None)
+settings.load_profile("fabrique")
 
 
 @pytest.fixture

@@ -68,6 +68,7 @@ class Node:
         self.running = False
         self.stop_reason = ""
         self.store: Store | None = None
+        self.current_job: str | None = None
         self.sync: Any = None
         self.session = 0
         self.archive_every_s = archive_every_s
@@ -103,7 +104,7 @@ class Node:
         self.board.start()
         self._open_store()
         self._load_station()
-        self._update_state()
+        self._refresh_current_job()
         self._start_sync()
         self._start_consoles()
         self.notifier.ready(f"{self.state}")
@@ -181,8 +182,22 @@ class Node:
             self.state, self.reason = ESTOP, f"safety circuit open: {', '.join(tripped)}"
         elif self.board.faults:
             self.state, self.reason = FAULT, "; ".join(f"{k}: {v}" for k, v in self.board.faults.items())
-        elif self.state in (STARTING, ESTOP, FAULT):
+        elif self.current_job is not None:
+            self.state, self.reason = BUSY, None
+        elif self.state in (STARTING, ESTOP, FAULT, BUSY):
             self.state, self.reason = IDLE, None
+
+    def _refresh_current_job(self) -> None:
+        """The job whose step this node is running, from the ledger (so it survives a restart)."""
+        self.current_job = None
+        if self.store is None:
+            return
+        kind, me = self.config.station.kind, self.config.node.id
+        for state in self.store.open_jobs():
+            step = state.step(kind)
+            if step is not None and step.status == "running" and step.node == me:
+                self.current_job = state.job
+        self._update_state()
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or a stop event; outputs end in their safe state. Returns 0."""
@@ -292,6 +307,7 @@ class Node:
         """Append a local event (durable on return), publish the job's state, start the drain."""
         assert self.store is not None
         event = self.store.append(job, type, self.config.station.kind, data or {})
+        self._refresh_current_job()
         self.publish_job(job)
         if self.sync is not None:
             self.sync.drain()
@@ -333,6 +349,8 @@ class Node:
 
     def _on_ingest(self, events: list[LedgerEvent]) -> None:
         self.counters["events_in"] = self.counters.get("events_in", 0) + len(events)
+        if self.current_job is not None and any(e.job == self.current_job for e in events):
+            self._refresh_current_job()  # an operator elsewhere may have overridden our step
 
     # -- MQTT
     def _on_mqtt(self, event: Event) -> None:
@@ -343,7 +361,7 @@ class Node:
         """The retained station state, published when it changed."""
         if self.sync is None or not self.sync.connected:
             return
-        body = {"state": self.state, "reason": self.reason, "job": None, "counters": self._counters()}
+        body = {"state": self.state, "reason": self.reason, "job": self.current_job, "counters": self._counters()}
         payload = json.dumps(body, sort_keys=True).encode()
         topic = self.sync.topics.state(self.config.node.id)
         if payload != self.published_state and self.sync.publish(topic, payload, retain=True) is not None:
@@ -407,7 +425,8 @@ class Node:
         """The station state as dashboards and the console see it."""
         status: dict[str, Any] = {
             "node": self.config.node.id, "kind": self.config.station.kind, "state": self.state,
-            "reason": self.reason, "counters": dict(self.counters), "devices": self.board.status(),
+            "reason": self.reason, "job": self.current_job, "counters": dict(self.counters),
+            "devices": self.board.status(),
         }
         if self.station is not None and hasattr(self.station, "get_status"):
             status["station"] = self.station.get_status()

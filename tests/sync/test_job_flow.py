@@ -27,7 +27,11 @@ def test_an_order_travels_its_route_and_every_node_agrees(broker, line):
         node = nodes[kind]
         wait_until(lambda node=node: node.command("job R2D2X1")["status"] != "unknown", 30, f"{kind} sees the job")
         node.command("step R2D2X1 started")
+        busy = node.status()
+        assert (busy["state"], busy["job"]) == ("busy", "R2D2X1")
         state = node.command("step R2D2X1 done")
+        idle = node.status()
+        assert (idle["state"], idle["job"]) == ("idle", None)
         assert state["steps"][launched["route"].index(kind)]["status"] == "done"
     final = nodes["pickup"].command("complete R2D2X1")
     assert final["status"] == "completed" and final["next_step"] is None
@@ -64,3 +68,13 @@ def test_one_order_launched_at_two_intakes_offline_is_a_reported_conflict(broker
     assert conflict["kind"] == "duplicate_launch"
     with pytest.raises(RuntimeError, match="already launched"):
         first.command(f"launch {payload}")
+
+
+def test_a_station_restarted_mid_step_is_still_busy_with_its_job(broker, line):
+    laser = line["laser-1"]
+    laser.command(f"launch {signed('B0OT42')}")  # a laser may launch too: any station can start from the QR
+    laser.command("step B0OT42 started")
+    laser.kill()  # power cut in the middle of engraving
+    laser.start()
+    status = laser.status()
+    assert (status["state"], status["job"]) == ("busy", "B0OT42")

@@ -259,6 +259,10 @@ class Store:
             latest[job] = record.get("state", {"job": job})
         yield from latest.values()
 
+    def outbox_ids(self) -> set[str]:
+        """Ids of the local events not yet acknowledged by the broker (no event is parsed)."""
+        return set(self._outbox)
+
     def outbox_size(self) -> int:
         return len(self._outbox)
 

@@ -379,7 +379,7 @@ class Sync:
                 floor[origin] = max(vector.get(origin, 0), upto if now - when < RESEND_AFTER_S else 0)
         if all(f == UNREACHED for f in floor.values()):
             return
-        waiting = {e.id for e in self.store.outbox_peek(self.store.outbox_size())}  # the drain sends those
+        waiting = self.store.outbox_ids()  # the drain sends those
         just_acked = min((seq for _t, seq in self.recent_acks), default=UNREACHED)  # may still be in transit
         missing = [e for e in self.store.events_since(floor) if e.id not in waiting
                    and not (e.origin == self.node and e.seq >= just_acked)]

@@ -225,17 +225,6 @@ class Grbl(TextDevice):
             raise GrblGone(f"{self.port_name}: GRBL {self.version} found; this streamer speaks GRBL 1.1")
         return self.version or ""
 
-    def close(self) -> None:
-        if self._port is not None:
-            self._port.close()
-
-    def __enter__(self) -> Grbl:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- real-time commands: straight to the wire, never counted --------------------
     def realtime(self, command: bytes) -> None:
         if command not in (STATUS_QUERY, FEED_HOLD, CYCLE_START, SOFT_RESET):

@@ -124,17 +124,6 @@ class Marlin(TextDevice):
                 if self._gone or time.monotonic() >= deadline:
                     raise
 
-    def close(self) -> None:
-        if self._port is not None:
-            self._port.close()
-
-    def __enter__(self) -> Marlin:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def identify(self, timeout: float = 5.0) -> str:
         """M115: the firmware's own description (FIRMWARE_NAME:... line)."""
         with self._lock:

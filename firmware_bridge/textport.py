@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Self
 
 import serial
 
@@ -78,6 +79,20 @@ class TextDevice:
         self._port: TextPort | None = None
         self._lock = threading.Condition()
         self._gone: str | None = None
+
+    def open(self) -> object:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._port is not None:
+            self._port.close()
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _open_port(self, on_line: Callable[[str], None]) -> None:
         try:

@@ -19,6 +19,7 @@ setup(
         "pyserial>=3.5",
         "tinydb>=4.8",
         "cryptography>=41",
+        "pynacl>=1.5",
         "segno>=1.5",
         "zxing-cpp>=2.2",
         "pillow>=10",

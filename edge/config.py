@@ -12,7 +12,7 @@ import base64
 import binascii
 import importlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class NodeConfig:
     line_file: Path
     log_level: str = "info"
     pin_factory: str = "default"
+    key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class LineConfig:
     products: dict[str, Product]
     order_keys: dict[str, bytes]
     order_max_age_s: int
+    node_keys: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- pins
@@ -210,11 +212,12 @@ def _read_node(doc: Document) -> NodeConfig:
     line_file = s.get_path("line_file", "line.toml")
     level = s.get_str("log_level", "info", choices=LOG_LEVELS)
     factory = s.get_str("pin_factory", "default", choices=PIN_FACTORIES)
+    key_file = s.get_path("key_file", "node.key")
     if line_file is not None:
         _check_line_file(s, line_file)
     s.finish()
     return NodeConfig(node_id or "", line or "", data_dir or doc.base / "data",
-                      line_file or doc.base / "line.toml", level, factory)
+                      line_file or doc.base / "line.toml", level, factory, key_file or doc.base / "node.key")
 
 
 def _check_line_file(s: Section, path: Path) -> None:
@@ -364,6 +367,7 @@ def load_line(path: str | Path) -> LineConfig:
     title = s.get_str("title", line_id or "")
     s.finish()
     keys, max_age = _read_orders(doc)
+    node_keys = _read_node_keys(doc)
     products: dict[str, Product] = {}
     table = doc.source.data.get("products")
     if not isinstance(table, dict) or not table:
@@ -373,9 +377,46 @@ def load_line(path: str | Path) -> LineConfig:
         product = _read_product(doc, pid)
         if product is not None:
             products[pid] = product
-    doc.finish_top(("line", "orders", "products"))
+    doc.finish_top(("line", "orders", "nodes", "products"))
     doc.raise_if_issues()
-    return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0)
+    return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0, node_keys)
+
+
+def _public_key(s: Section, key: str, value: Any) -> bytes | None:
+    """A base64 Ed25519 public key, or None after reporting what is wrong with it."""
+    if not isinstance(value, str):
+        s.issue(key, f"must be a base64 Ed25519 public key string, not {type_name(value)}")
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        s.issue(key, "is not valid base64")
+        return None
+    if len(raw) != 32:
+        s.issue(key, f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+        return None
+    return raw
+
+
+def _read_node_keys(doc: Document) -> dict[str, tuple[bytes, ...]]:
+    """`[nodes.keys]`: node id = "base64 public key" (or a list: a replaced key stays listed,
+    so the history it signed still verifies)."""
+    s = doc.section("nodes", required=False)
+    raw_keys = s.table("keys")
+    out: dict[str, tuple[bytes, ...]] = {}
+    ks = Section(doc, ("nodes", "keys"), raw_keys)
+    for node, value in raw_keys.items():
+        if not NAME_RE.match(node):
+            ks.issue(node, f"{node!r} is not a node id ({NAME_RULE})")
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            ks.issue(node, "lists no key")
+        keys = [k for k in (_public_key(ks, node, v) for v in values) if k is not None]
+        if keys and len(keys) == len(values):
+            out[node] = tuple(keys)
+    s.finish()
+    return out
 
 
 def _read_orders(doc: Document) -> tuple[dict[str, bytes], int]:
@@ -388,18 +429,9 @@ def _read_orders(doc: Document) -> tuple[dict[str, bytes], int]:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", kid):
             ks.issue(kid, "key id must be 1-16 characters of letters, digits, '-' and '_'")
             continue
-        if not isinstance(value, str):
-            ks.issue(kid, f"must be a base64 Ed25519 public key string, not {type_name(value)}")
-            continue
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            ks.issue(kid, "is not valid base64")
-            continue
-        if len(raw) != 32:
-            ks.issue(kid, f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
-            continue
-        keys[kid] = raw
+        raw = _public_key(ks, kid, value)
+        if raw is not None:
+            keys[kid] = raw
     if not raw_keys:
         s.issue("keys", "at least one public key is required to verify orders ([orders.keys] id = \"base64\")")
     s.finish()
@@ -459,6 +491,23 @@ def _read_option(doc: Document, pid: str, name: str) -> OptionSpec | None:
                       **{k: v for k, v in spec.items() if v is not None})
 
 
+def advice(config: StationConfig, line: LineConfig | None) -> list[str]:
+    """Things that load but will not work as the technician expects (printed by check-config
+    as warnings, logged by the node at start)."""
+    out = []
+    node, mqtt = config.node, config.mqtt
+    if mqtt.enabled and mqtt.username is not None and mqtt.username != node.id:
+        out.append(f"[mqtt] username {mqtt.username!r} is not the node id {node.id!r}: the shipped broker "
+                   f"config lets a node write only topics named after its user name, so every event "
+                   f"would be refused")
+    if line is not None and mqtt.enabled and not line.node_keys.get(node.id):
+        out.append(f"[node] id {node.id!r} has no key in {line.source} [nodes.keys]: every peer will refuse "
+                   f"this node's events (print the line to add with `edge keys show --config FILE`)")
+    if line is not None and line.id and node.line and line.id != node.line:
+        out.append(f"[node] line {node.line!r} is not the line file's id {line.id!r}")
+    return out
+
+
 def load_any(path: str | Path) -> StationConfig | LineConfig:
     """Load a station file or a line file, telling them apart by their sections."""
     doc = open_document(path)
@@ -470,5 +519,5 @@ def load_any(path: str | Path) -> StationConfig | LineConfig:
 __all__ = [
     "ConfigError", "ConfigIssue", "StationConfig", "LineConfig", "Product", "OptionSpec",
     "HardwareConfig", "NodeConfig", "MqttConfig", "ConsoleConfig", "StationSection",
-    "load_station", "load_line", "load_any", "parse_pin", "STATION_KINDS",
+    "load_station", "load_line", "load_any", "parse_pin", "advice", "STATION_KINDS",
 ]

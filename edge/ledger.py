@@ -1,8 +1,16 @@
 """Job events, their fold to job state, and the merge of two ledgers. Pure: no I/O.
 
-An event is `{id: "<node>:<seq>", job, type, station, hlc, data}`. Job state is a fold of
-the job's events sorted by (hlc, id); merging ledgers is a set union keyed by id. So replay,
-duplicates and any delivery order give the same state on every node.
+An event is `{id: "<node>.<incarnation>:<seq>", job, type, station, hlc, data, sig}`.
+The *origin* of an event is `<node>.<incarnation>`: one numbering stream of one store. A
+store gets a fresh random incarnation when it is created or rebuilt empty, so a node on a
+new SD card, or one whose store was lost, can never issue an id its predecessor issued;
+events of a retired incarnation stay valid history. (Ids of the first release, `<node>:<seq>`,
+still parse: their origin is the bare node id.) `sig` is the origin node's Ed25519
+signature over the rest (`signed_bytes`), so a relayed copy verifies and a forged origin,
+content or HLC is refused (`EventVerifier`).
+
+Job state is a fold of the job's events sorted by (hlc, id); merging ledgers is a set union
+keyed by id. So replay, duplicates and any delivery order give the same state on every node.
 
 Conflicts are resolved by one rule, the lowest (hlc, id) wins, and are listed in the job
 state (`JobState.conflicts`) so the line sees them:
@@ -14,10 +22,17 @@ state (`JobState.conflicts`) so the line sees them:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey
 
 from edge.clock import Timestamp
 
@@ -26,6 +41,19 @@ EVENT_TYPES = ("created", "step_started", "step_done", "step_failed", "step_skip
 STEP_TYPES = ("step_started", "step_done", "step_failed", "step_skipped")
 STEP_STATUSES = ("pending", "running", "done", "failed", "skipped")
 CLOSED = ("completed", "cancelled")
+
+NODE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+INCARNATION_RE = re.compile(r"[0-9a-f]{8}")
+ORIGIN_RE = re.compile(r"(?P<node>[a-z0-9][a-z0-9_-]{0,31})(?:\.(?P<inc>[0-9a-f]{8}))?")
+SEQ_RE = re.compile(r"[1-9][0-9]{0,17}")  # ASCII digits only: str.isdigit() also takes '²'
+JOB_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+MAX_DATA_BYTES = 16 * 1024
+SIG_PREFIX = b"fabrique-event-v1\n"
+
+
+def node_of(origin: str) -> str:
+    """The node id of an origin (`laser-1.3f9a0c2e` -> `laser-1`)."""
+    return origin.partition(".")[0]
 
 
 @dataclass(frozen=True)
@@ -38,11 +66,17 @@ class Event:
     station: str
     hlc: Timestamp
     data: Mapping[str, Any] = field(default_factory=dict)
+    sig: str = ""
 
     @property
     def origin(self) -> str:
-        """The node that recorded the event (the part of the id before the last ':')."""
+        """The numbering stream that issued the event: `<node>.<incarnation>` (before the ':')."""
         return self.id.rpartition(":")[0]
+
+    @property
+    def node(self) -> str:
+        """The node that recorded the event, whatever its incarnation."""
+        return node_of(self.id.rpartition(":")[0])
 
     @property
     def seq(self) -> int:
@@ -61,35 +95,109 @@ class Event:
         return step if isinstance(step, str) and step else self.station
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "job": self.job, "type": self.type, "station": self.station,
-                "hlc": self.hlc.to_json(), "data": dict(self.data)}
+        out = {"id": self.id, "job": self.job, "type": self.type, "station": self.station,
+               "hlc": self.hlc.to_json(), "data": dict(self.data)}
+        if self.sig:
+            out["sig"] = self.sig
+        return out
 
     @classmethod
     def from_json(cls, value: Any) -> Event:
-        """Parse and check one event; raises ValueError naming what is wrong."""
+        """Parse and check one event; raises ValueError naming what is wrong. Strict and
+        bounded: whatever a peer or a damaged file sends, a bad event is refused here, never
+        deeper in the store or the loop."""
         if not isinstance(value, Mapping):
             raise ValueError("an event is a JSON object")
         for name in ("id", "job", "type", "station"):
             if not isinstance(value.get(name), str) or not value[name]:
                 raise ValueError(f"event field {name!r} must be a non-empty string")
         origin, sep, seq = value["id"].rpartition(":")
-        if not sep or not origin or not seq.isdigit() or seq.startswith("0"):
-            raise ValueError(f"event id {value['id']!r} is not '<node>:<seq>'")
+        if not sep or not ORIGIN_RE.fullmatch(origin) or not SEQ_RE.fullmatch(seq):
+            raise ValueError(f"event id {value['id'][:80]!r} is not '<node>.<incarnation>:<seq>'")
+        if not JOB_RE.fullmatch(value["job"]):
+            raise ValueError(f"event job {value['job'][:80]!r} is not a job id (1-64 of A-Z a-z 0-9 _ . : -)")
         if value["type"] not in EVENT_TYPES:
-            raise ValueError(f"event type {value['type']!r} is not one of {', '.join(EVENT_TYPES)}")
+            raise ValueError(f"event type {value['type'][:40]!r} is not one of {', '.join(EVENT_TYPES)}")
+        if not NODE_RE.fullmatch(value["station"]):
+            raise ValueError(f"event station {value['station'][:40]!r} is not a station kind")
         data = value.get("data", {})
         if not isinstance(data, Mapping):
             raise ValueError("event field 'data' must be an object")
-        return cls(value["id"], value["job"], value["type"], value["station"],
-                   Timestamp.from_json(value.get("hlc")), dict(data))
+        try:
+            size = len(json.dumps(data, allow_nan=False, ensure_ascii=False).encode())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event data is not plain JSON: {exc}") from None
+        if size > MAX_DATA_BYTES:
+            raise ValueError(f"event data of {size} bytes exceeds {MAX_DATA_BYTES}")
+        sig = value.get("sig", "")
+        if not isinstance(sig, str) or len(sig) > 100:
+            raise ValueError("event field 'sig' must be a base64 signature")
+        hlc = Timestamp.from_json(value.get("hlc"))
+        if hlc.node != node_of(origin):
+            raise ValueError(f"event HLC node {hlc.node[:40]!r} is not the event's node {node_of(origin)!r}")
+        return cls(value["id"], value["job"], value["type"], value["station"], hlc, dict(data), sig)
 
     def canonical(self) -> str:
         """A byte-stable JSON form, used to break ties between two events with one id."""
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
 
+    def signed_bytes(self) -> bytes:
+        """What the origin node signs: every field but `sig`, in one byte-stable form."""
+        body = {"id": self.id, "job": self.job, "type": self.type, "station": self.station,
+                "hlc": self.hlc.to_json(), "data": self.data}
+        return SIG_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                       allow_nan=False).encode()
 
-def event_id(node: str, seq: int) -> str:
-    return f"{node}:{seq}"
+
+def event_id(origin: str, seq: int) -> str:
+    return f"{origin}:{seq}"
+
+
+# ---------------------------------------------------------------- signatures
+
+class EventSigner:
+    """Signs this node's events with its Ed25519 key (the 32-byte seed)."""
+
+    def __init__(self, seed: bytes):
+        self._key = SigningKey(seed)
+        self.public_key = bytes(self._key.verify_key)
+
+    def sign(self, event: Event) -> Event:
+        sig = self._key.sign(event.signed_bytes()).signature
+        return Event(event.id, event.job, event.type, event.station, event.hlc, event.data,
+                     base64.b64encode(sig).decode("ascii"))
+
+
+class EventVerifier:
+    """Checks events against the line's node keys (`[nodes.keys]` in the line file).
+
+    `check` returns None for a good event, else the reason it is refused: unsigned, a node
+    with no key on this line, or a signature that does not match (forged origin, content or HLC).
+    """
+
+    def __init__(self, keys: Mapping[str, Sequence[bytes]]):
+        self.keys = {node: tuple(k) for node, k in keys.items()}
+
+    def check(self, event: Event) -> str | None:
+        keys = self.keys.get(event.node)
+        if not keys:
+            return f"node {event.node!r} has no key in the line file"
+        if not event.sig:
+            return "unsigned"
+        try:
+            sig = base64.b64decode(event.sig, validate=True)
+        except (binascii.Error, ValueError):
+            return "signature is not base64"
+        if len(sig) != 64:
+            return "signature is not 64 bytes"
+        signed = sig + event.signed_bytes()
+        for key in keys:
+            try:
+                crypto_sign_open(signed, key)
+                return None
+            except (BadSignatureError, ValueError):
+                continue
+        return f"signature does not match {event.node}'s key"
 
 
 # ---------------------------------------------------------------- merge
@@ -209,10 +317,10 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
                 _apply_created(state, ev)
             else:
                 state.conflicts.append(Conflict("duplicate_launch", created.id, ev.id,
-                                                detail=f"also launched by {ev.origin}"))
+                                                detail=f"also launched by {ev.node}"))
         elif ev.type == "note":
             text = ev.data.get("text", "")
-            state.notes.append(f"{ev.origin}: {text}")
+            state.notes.append(f"{ev.node}: {text}")
         elif ev.type in CLOSED:
             if not closed:
                 closed = True
@@ -220,7 +328,7 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
                 state.closed_by = ev.id
             else:
                 state.conflicts.append(Conflict("event_after_close", state.closed_by, ev.id, "",
-                                                f"{ev.type} by {ev.origin} after the job was {state.status}"))
+                                                f"{ev.type} by {ev.node} after the job was {state.status}"))
         elif ev.type == "override":
             _apply_override(state, ev)
         elif closed:
@@ -267,7 +375,7 @@ def _step(state: JobState, name: str) -> StepState:
 
 def _apply_step(state: JobState, ev: Event) -> None:
     step = _step(state, ev.step)
-    node = ev.origin
+    node = ev.node
     if ev.type == "step_started":
         if step.status == "running" and step.node != node:
             state.conflicts.append(Conflict("step_contention", step.started_by, ev.id, step.step,
@@ -300,7 +408,7 @@ def _apply_override(state: JobState, ev: Event) -> None:
     if to not in STEP_STATUSES:
         return
     step = _step(state, ev.step)
-    step.status, step.node = to, ev.origin
+    step.status, step.node = to, ev.node
     step.reason = f"override: {ev.data.get('reason', '')}".rstrip(": ")
     if to == "running":
         step.started_by = ev.id

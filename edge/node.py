@@ -7,6 +7,7 @@ path: an emergency stop drives outputs safe from its own callback, then posts th
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -19,14 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge import __version__
-from edge.config import LineConfig, StationConfig
+from edge.config import LineConfig, StationConfig, advice
 from edge.console import SerialConsole, SocketConsole, StreamConsole
-from edge.control import CommandSet, Reply
+from edge.control import CommandError, CommandSet, Reply
 from edge.homeassistant import HA_STATUS_TOPIC, discovery
 from edge.hw import Board, HardwareError, SafetyInterlock
 from edge.hw.serialport import port_identity
 from edge.ledger import Event as LedgerEvent
+from edge.ledger import EventVerifier
 from edge.node_commands import NodeCommands
+from edge.nodekey import NodeKeyError, line_entry, load_or_create
 from edge.notify import SystemdNotifier
 from edge.store import Store, StoreBusy
 from edge.topics import COMMAND, MAX_SMALL_PAYLOAD
@@ -34,6 +37,11 @@ from edge.topics import COMMAND, MAX_SMALL_PAYLOAD
 log = logging.getLogger(__name__)
 IDLE, BUSY, FAULT, MANUAL, ESTOP, STARTING, STOPPED = (
     "idle", "busy", "fault", "manual", "estop", "starting", "stopped")
+STATE_HEARTBEAT_S = 60.0  # the retained state is republished on change, and this often anyway
+
+
+class LedgerWriteError(CommandError):
+    """The disk refused a ledger write: nothing of the event was kept (the node is in fault)."""
 
 
 @dataclass
@@ -63,7 +71,11 @@ class Node:
         self.handlers: dict[str, list[Handler]] = {}
         self.state = STARTING
         self.reason: str | None = None
-        self.counters: dict[str, int] = {"events": 0, "scans": 0, "errors": 0}
+        # events: ledger events recorded here; events_in: from peers; loop_events: everything
+        # the loop applied (MQTT acks, ticks, console lines...); only the first ones are news
+        self.counters: dict[str, int] = {"events": 0, "events_in": 0, "scans": 0, "errors": 0}
+        self.loop_events = 0
+        self.state_published_at = 0.0
         self.station: Any = None
         self.running = False
         self.stop_reason = ""
@@ -112,11 +124,28 @@ class Node:
                  f" ({self.reason})" if self.reason else "")
 
     def _open_store(self) -> None:
-        data_dir = self.config.node.data_dir
-        self.store = Store.open(data_dir, self.config.node.id)
+        node = self.config.node
+        for warning in advice(self.config, self.line):
+            log.warning("config: %s", warning)
+        signer = None
+        try:
+            signer, made = load_or_create(node.key_file)
+            if made:
+                log.warning("made this node's signing key %s; add under [nodes.keys] in %s on every node: %s",
+                            node.key_file, node.line_file, line_entry(node.id, signer))
+        except (NodeKeyError, OSError) as exc:
+            self.board.faults["ledger"] = f"no signing key: {exc}"
+            log.error("node key %s: %s", node.key_file, exc)
+        keys = self.line.node_keys if self.line is not None else {}
+        if signer is not None and self.config.mqtt.enabled and signer.public_key not in keys.get(node.id, ()):
+            self.board.faults["ledger"] = (f"this node's key is not listed for {node.id} in the line file "
+                                           f"[nodes.keys]: peers refuse its events")
+            log.error("%s; add: %s", self.board.faults["ledger"], line_entry(node.id, signer))
+        self.store = Store.open(node.data_dir, node.id, signer=signer, verifier=EventVerifier(keys))
         for note in self.store.recovery:
             log.warning("store recovery: %s", note)
-        self.session = next_session(data_dir)
+        log.info("ledger: origin %s (events %s:<seq>)", self.store.origin, self.store.origin)
+        self.session = next_session(node.data_dir)
 
     def _start_sync(self) -> None:
         mqtt = self.config.mqtt
@@ -137,10 +166,12 @@ class Node:
         node = self.config.node
         self.sync = Sync(node.id, node.line, self.config.station.kind, link, self.store, self.post,
                          self.session, window=mqtt.inflight, batch=mqtt.batch,
-                         on_ingest=self._on_ingest, on_command=self._on_mqtt_command)
+                         on_ingest=self._on_ingest, on_command=self._on_mqtt_command,
+                         on_session=self._on_session, on_disk_error=self._disk_fault)
         self.sync.extra_subscriptions.append(HA_STATUS_TOPIC)
         self.sync.message_hooks[HA_STATUS_TOPIC] = self._on_ha_status
-        self.sync.on_connect_hooks += [self._announce, self.publish_state, self._republish_jobs]
+        self.sync.on_connect_hooks += [self._announce, self.publish_state, self._jobs_to_republish]
+        self.sync.after_connect_hooks.append(self._republish_jobs)
         self.sync.start()
 
     def _start_consoles(self) -> None:
@@ -228,18 +259,26 @@ class Node:
             if event is not None:
                 self.apply(event)
                 if self.queue.empty() and self.sync is not None:
-                    self.sync.flush()  # group commit: everything that arrived, in one write
+                    self._guarded("flush", self.sync.flush)  # group commit: all that arrived, one write
             now = time.monotonic()
             if interval and now - last_ping >= interval:
                 self.notifier.watchdog()
                 last_ping = now
             if now - last_tick >= self.tick:
                 last_tick = now
-                self._tick()
+                self._guarded("tick", self._tick)
+
+    def _guarded(self, what: str, fn: Callable[[], Any]) -> None:
+        """Nothing from the network, a file or a bug stops the loop: log, count, go on."""
+        try:
+            fn()
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("%s failed", what)
 
     def apply(self, event: Event) -> None:
         """Run the handlers of one event; a failing handler is logged and counted, never fatal."""
-        self.counters["events"] += 1
+        self.loop_events += 1
         for handler in self.handlers.get(event.kind, ()):
             try:
                 handler(event)
@@ -248,6 +287,17 @@ class Node:
                 log.exception("handler for %s event failed", event.kind)
 
     def _tick(self) -> None:
+        if "disk" in self.board.faults and self.store is not None:
+            try:
+                self.store.probe()
+            except OSError:
+                pass
+            else:
+                log.warning("the disk takes writes again: fault cleared")
+                del self.board.faults["disk"]
+                self._update_state()
+        if self.store is not None and self.store.audit() and self.sync is not None:
+            self.sync.send_vector()  # lost archived events: ask the peers for them now
         if self.sync is not None:
             self.sync.tick()
         if time.monotonic() - self.last_archive >= self.archive_every_s:
@@ -304,35 +354,60 @@ class Node:
 
     # -- ledger
     def record(self, job: str, type: str, data: dict[str, Any] | None = None) -> LedgerEvent:
-        """Append a local event (durable on return), publish the job's state, start the drain."""
+        """Append a local event (durable on return), publish the job's state, start the drain.
+
+        Raises LedgerWriteError when the disk refuses the write: the event does not exist,
+        and the node is in fault until a write succeeds again."""
         assert self.store is not None
-        event = self.store.append(job, type, self.config.station.kind, data or {})
+        try:
+            event = self.store.append(job, type, self.config.station.kind, data or {})
+        except OSError as exc:
+            self._disk_fault(exc)
+            raise LedgerWriteError(f"the ledger could not be written ({exc.strerror or exc}): "
+                                   f"nothing was recorded") from None
+        self.counters["events"] += 1
         self._refresh_current_job()
         self.publish_job(job)
         if self.sync is not None:
             self.sync.drain()
         return event
 
+    def _disk_fault(self, exc: OSError) -> None:
+        if "disk" not in self.board.faults:
+            log.error("ledger write failed: %s; station in fault until the disk takes writes again", exc)
+        self.board.faults["disk"] = "disk full" if exc.errno == errno.ENOSPC else f"disk error: {exc.strerror or exc}"
+        self._update_state()
+
+    def _on_session(self, session: int) -> None:
+        self.session = session
+        write_session(self.config.node.data_dir, session)
+
     def publish_job(self, job: str) -> None:
-        """The job's retained state; offline, the job is remembered and published on reconnect."""
+        """The job's retained state, never older than the retained one (more events); offline,
+        the job is remembered and published on reconnect."""
         if self.sync is None or self.store is None:
             return
         state = self.store.job(job)
-        if state is None:
+        if state is None or state.status == "unknown":
+            return
+        if not self.sync.may_publish_job(job, state.events):
+            self.unpublished_jobs.discard(job)
             return
         payload = json.dumps(state.to_json()).encode()
         if self.sync.publish(self.sync.topics.job(job), payload, retain=True) is None:
             self.unpublished_jobs.add(job)
         else:
+            self.sync.published_job(job, state.events)
             self.unpublished_jobs.discard(job)
 
-    def _republish_jobs(self) -> None:
+    def _jobs_to_republish(self) -> None:
         """On connect: jobs changed here while offline (also before a restart: their events
-        are still in the outbox) get their retained state published."""
-        if self.store is None:
-            return
-        pending = self.unpublished_jobs | {e.job for e in self.store.outbox_peek(self.store.outbox_size())}
-        for job in sorted(pending):
+        are still in the outbox) are noted, to be published once the retained states are in."""
+        if self.store is not None:
+            self.unpublished_jobs |= {e.job for e in self.store.outbox_peek(self.store.outbox_size())}
+
+    def _republish_jobs(self) -> None:
+        for job in sorted(self.unpublished_jobs):
             self.publish_job(job)
 
     def archive(self) -> list[str]:
@@ -341,16 +416,21 @@ class Node:
             return []
         jobs = self.store.archive_closed()
         for job in jobs:
-            if self.sync is not None and any(e.origin == self.config.node.id for e in self.store.job_events(job)):
-                self.sync.publish(self.sync.topics.job(job), b"", retain=True)
+            if self.sync is not None:
+                self.sync.forget_job(job)
+                if any(e.node == self.config.node.id for e in self.store.job_events(job)):
+                    self.sync.publish(self.sync.topics.job(job), b"", retain=True)
         if jobs:
             log.info("archived %d closed job(s)", len(jobs))
         return jobs
 
     def _on_ingest(self, events: list[LedgerEvent]) -> None:
-        self.counters["events_in"] = self.counters.get("events_in", 0) + len(events)
-        if self.current_job is not None and any(e.job == self.current_job for e in events):
-            self._refresh_current_job()  # an operator elsewhere may have overridden our step
+        self.counters["events_in"] += len(events)
+        me = self.config.node.id
+        if any(e.job == self.current_job or e.node == me for e in events):
+            # an operator elsewhere may have overridden our step; or this node's own history
+            # is coming back from its peers after a store loss
+            self._refresh_current_job()
 
     # -- MQTT
     def _on_mqtt(self, event: Event) -> None:
@@ -358,14 +438,17 @@ class Node:
             self.sync.handle(event.kind, event.data)
 
     def publish_state(self) -> None:
-        """The retained station state, published when it changed."""
+        """The retained station state: published when it changed, and every STATE_HEARTBEAT_S."""
         if self.sync is None or not self.sync.connected:
             return
         body = {"state": self.state, "reason": self.reason, "job": self.current_job, "counters": self._counters()}
         payload = json.dumps(body, sort_keys=True).encode()
         topic = self.sync.topics.state(self.config.node.id)
-        if payload != self.published_state and self.sync.publish(topic, payload, retain=True) is not None:
-            self.published_state = payload
+        now = time.monotonic()
+        if payload == self.published_state and now - self.state_published_at < STATE_HEARTBEAT_S:
+            return
+        if self.sync.publish(topic, payload, retain=True) is not None:
+            self.published_state, self.state_published_at = payload, now
 
     def _counters(self) -> dict[str, int]:
         out = dict(self.counters)
@@ -407,6 +490,14 @@ class Node:
             answer["id"] = request_id
         from edge.sync import PacketTypes, Properties
 
+        if response_topic and not self.sync.topics.response_ok(self.config.node.id, response_topic):
+            log.warning("MQTT command asked for a reply on %r: replies go only under %s/",
+                        response_topic[:200], self.sync.topics.cmd_response(self.config.node.id))
+            answer = {"ok": False, "error": f"response topic must be under "
+                                            f"{self.sync.topics.cmd_response(self.config.node.id)}/",
+                      **({"result": answer["result"]} if answer.get("ok") and "result" in answer else {})}
+            response_topic = None
+            self.counters["rejected_commands"] = self.counters.get("rejected_commands", 0) + 1
         if response_topic:
             out = Properties(PacketTypes.PUBLISH)
             if correlation is not None:
@@ -425,7 +516,8 @@ class Node:
         """The station state as dashboards and the console see it."""
         status: dict[str, Any] = {
             "node": self.config.node.id, "kind": self.config.station.kind, "state": self.state,
-            "reason": self.reason, "job": self.current_job, "counters": dict(self.counters),
+            "reason": self.reason, "job": self.current_job,
+            "counters": {**self.counters, "loop_events": self.loop_events},
             "devices": self.board.status(),
         }
         if self.station is not None and hasattr(self.station, "get_status"):
@@ -433,26 +525,36 @@ class Node:
         if self.store is not None:
             status["outbox"] = self.store.outbox_size()
             status["vector"] = self.store.vector()
+            status["ledger"] = {"origin": self.store.origin, "incarnation": self.store.incarnation,
+                                "incarnations": list(self.store.incarnations),
+                                "signed": self.store.signer is not None}
         if self.sync is not None:
-            status["mqtt"] = {"connected": self.sync.connected, "session": self.session, **self.sync.counters}
+            status["mqtt"] = self.sync.status()
         return status
 
 
 def next_session(data_dir: os.PathLike[str] | str) -> int:
     """Count this boot: the session number in birth and will messages (durable, atomic)."""
-    path = os.path.join(data_dir, "session")
     try:
-        with open(path, encoding="ascii") as f:
+        with open(os.path.join(data_dir, "session"), encoding="ascii") as f:
             current = int(f.read().strip() or 0)
     except (OSError, ValueError):
         current = 0
+    try:
+        write_session(data_dir, current + 1)
+    except OSError as exc:  # a full disk must not stop the boot; the session still counts up
+        log.error("could not save the session counter: %s", exc)
+    return current + 1
+
+
+def write_session(data_dir: os.PathLike[str] | str, session: int) -> None:
+    path = os.path.join(data_dir, "session")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{current + 1}\n")
+        f.write(f"{session}\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return current + 1
 
 
 def start_error(exc: Exception) -> str:

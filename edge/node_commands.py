@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.control import CommandError, Param
 from edge.hw import SafetyInterlock
-from edge.ledger import STEP_STATUSES
+from edge.ledger import JOB_RE, STEP_STATUSES
 from edge.orders import verify_order
 
 if TYPE_CHECKING:
@@ -49,8 +49,7 @@ class NodeCommands:
             local_only=True)
 
     def _cmd_note(self, args: dict[str, Any]) -> dict[str, Any]:
-        if self.node.store is None:
-            raise CommandError("no store")
+        self._job_or_fail(args["job"])  # a note never creates a job
         return self.node.record(args["job"], "note", {"text": args["text"]}).to_json()
 
     def _cmd_launch(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -69,9 +68,12 @@ class NodeCommands:
         return {"job": order.order_id, "product": order.product, "route": list(route)}
 
     def _job_or_fail(self, job: str) -> Any:
+        if not JOB_RE.fullmatch(job):
+            raise CommandError(f"{job[:80]!r} is not a job id (1-64 of A-Z a-z 0-9 _ . : -)")
         state = self.node.store.job(job) if self.node.store else None
-        if state is None:
-            raise CommandError(f"no job {job!r} on this node")
+        if state is None or not state.created_by:
+            raise CommandError(f"no job {job!r} on this node" + (" (only events of it, no launch yet)"
+                                                                  if state is not None else ""))
         return state
 
     def _cmd_step(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +104,8 @@ class NodeCommands:
         return close
 
     def _cmd_job(self, args: dict[str, Any]) -> Any:
+        if not JOB_RE.fullmatch(args["job"]):
+            raise CommandError(f"{args['job'][:80]!r} is not a job id (1-64 of A-Z a-z 0-9 _ . : -)")
         state = self.node.store.job(args["job"]) if self.node.store else None
         if state is None:
             raise CommandError(f"no job {args['job']!r} on this node")

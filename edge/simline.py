@@ -7,6 +7,7 @@ technician sees. Needs a source checkout (the shipped broker config lives in sys
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -22,13 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.ledger import Event
+from edge.ledger import Event, EventSigner
 from edge.store import Store
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 SHIPPED = CHECKOUT / "systemd" / "mosquitto"
 EXAMPLES = CHECKOUT / "examples" / "line"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+EXAMPLE_KEYS = CHECKOUT / "examples" / "keys" / "nodes"
+# Nodes a simulated line knows besides the six example ones (second stations, spares, a rogue
+# account for attack tests): the line file lists their throwaway keys, so any test may start them.
+SIM_NODES = ("intake-2", "laser-2", "printer-2", "transfer-2", "inspection-2", "pickup-2",
+             "spare-1", "spare-2", "rogue-1")
 
 
 def free_port() -> int:
@@ -40,6 +46,63 @@ def free_port() -> int:
 def password_of(name: str) -> str:
     """The password a simulated account gets (throwaway: the broker lives in a temp dir)."""
     return f"pw-{name}-sim"
+
+
+def sim_key_pem(name: str) -> bytes:
+    """A simulated node's signing key (PEM): the EXAMPLE key of the six demo nodes, else a
+    throwaway one derived from the name. Never use either on a real line."""
+    example = EXAMPLE_KEYS / f"EXAMPLE-ONLY-{name}.pem"
+    if example.exists():
+        return example.read_bytes()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    seed = hashlib.sha256(b"fabrique-edge simulated node key, not a secret: " + name.encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def write_sim_key(path: Path, name: str) -> Path:
+    path.write_bytes(sim_key_pem(name))
+    path.chmod(0o600)
+    return path
+
+
+def sim_line_file(path: Path, names: tuple[str, ...] | list[str] = ()) -> Path:
+    """The example line file, with the keys of the simulated nodes `names` (and SIM_NODES) added
+    to its `[nodes.keys]` table (the example file keeps that table last for this)."""
+    from edge.config import load_line
+    from edge.nodekey import line_entry
+
+    text = (EXAMPLES / "line.toml").read_text()
+    listed = load_line(EXAMPLES / "line.toml").node_keys
+    extra = [line_entry(name, sim_signer(name)) for name in dict.fromkeys([*SIM_NODES, *names])
+             if name not in listed]
+    path.write_text(text.rstrip("\n") + "\n# simulated nodes (throwaway keys)\n" + "\n".join(extra) + "\n")
+    return path
+
+
+def sim_signer(name: str) -> EventSigner:
+    """The signer a simulated node uses (for tests that forge or relay events by hand)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from edge.orders import private_key_from_pem
+
+    key = private_key_from_pem(sim_key_pem(name))
+    return EventSigner(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                         serialization.NoEncryption()))
+
+
+EXAMPLE_ORDER_KEY = CHECKOUT / "examples" / "keys" / "EXAMPLE-ONLY-order-signing.pem"
+
+
+def example_order(order_id: str, text: str = "ANNA", product: str = "keyring") -> str:
+    """A visitor's QR payload for the demo line, signed with the EXAMPLE order key."""
+    from edge.orders import Order, private_key_from_pem, sign_order
+
+    key = private_key_from_pem(EXAMPLE_ORDER_KEY.read_bytes())
+    options = {"text": text} if product == "keyring" else {"colour": "red", "text": text}
+    return sign_order(Order(order_id, product, options, issued_at=int(time.time()), key_id="example-1"), key)
 
 
 def make_passwords(path: Path, users: dict[str, str]) -> None:
@@ -157,7 +220,8 @@ class SimBroker:
 
 def station_text(name: str, kind: str, data_dir: Path, port: int, password_file: Path,
                  keepalive: int = 2, protocol: str = "5", mqtt_extra: str = "", hardware: str = "",
-                 line_file: Path | None = None, log_level: str = "info") -> str:
+                 line_file: Path | None = None, log_level: str = "info", key_file: Path | None = None,
+                 username: str | None = None) -> str:
     """A station file for a simulated node: its console on stdin, MQTT to the simulated broker."""
     return f"""\
 [node]
@@ -165,13 +229,14 @@ id = "{name}"
 line = "demo"
 data_dir = "{data_dir}"
 line_file = "{line_file or EXAMPLES / 'line.toml'}"
+key_file = "{key_file or data_dir.parent / 'node.key'}"
 pin_factory = "mock"
 log_level = "{log_level}"
 
 [mqtt]
 host = "127.0.0.1"
 port = {port}
-username = "{name}"
+username = "{username or name}"
 password_file = "{password_file}"
 keepalive = {keepalive}
 protocol = "{protocol}"
@@ -189,7 +254,7 @@ class SimNode:
 
     def __init__(self, workdir: Path, name: str, port: int, kind: str = "transfer", keepalive: int = 2,
                  protocol: str = "5", password: str | None = None, mqtt_extra: str = "", hardware: str = "",
-                 log_level: str = "info"):
+                 log_level: str = "info", line_file: Path | None = None, username: str | None = None):
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -198,9 +263,16 @@ class SimNode:
         pw = self.dir / "mqtt.password"
         pw.write_text((password or password_of(name)) + "\n")
         pw.chmod(0o600)
+        key = write_sim_key(self.dir / "node.key", name)
+        if line_file is None:
+            line_file = workdir / "line.toml"
+            if not line_file.exists() or f"\n{name} = " not in line_file.read_text():
+                sim_line_file(line_file, [name])
+        self.line_file = line_file
         self.config = self.dir / "station.toml"
         self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol,
-                                            mqtt_extra, hardware, log_level=log_level))
+                                            mqtt_extra, hardware, line_file=line_file, log_level=log_level,
+                                            key_file=key, username=username))
         self.proc: subprocess.Popen[str] | None = None
         self.replies: queue.Queue[str] = queue.Queue()
         self.lock = threading.Lock()
@@ -239,8 +311,23 @@ class SimNode:
             return json.loads(rest)
         raise RuntimeError(f"{self.name}: {line!r} -> {reply}")
 
+    def launch(self, job: str) -> str:
+        """Launch the demo order `job` here (a keyring); returns the id of its `created` event."""
+        self.command(f"launch {example_order(job)}")
+        return self.command(f"job {job}")["created_by"]
+
     def notes(self, job: str, count: int, prefix: str = "n") -> list[str]:
-        """Record `count` notes on `job` through the console in one go; returns their ids."""
+        """Record `count` notes on `job` through the console in one go; returns the ids of the
+        events made: the job's launch first when this node did not know the job (a note never
+        makes a job), then the notes."""
+        made = []
+        try:
+            self.command(f"job {job}")
+        except RuntimeError:
+            made.append(self.launch(job))
+        return made + self._notes(job, count, prefix)
+
+    def _notes(self, job: str, count: int, prefix: str) -> list[str]:
         with self.lock:
             assert self.proc is not None and self.proc.stdin is not None
             self.proc.stdin.write("".join(f"note {job} {prefix}{i}\n" for i in range(count)))
@@ -255,6 +342,11 @@ class SimNode:
 
     def status(self) -> dict[str, Any]:
         return self.command("status")
+
+    @property
+    def origin(self) -> str:
+        """The running node's event origin, `<node>.<incarnation>` (vector key of its events)."""
+        return self.status()["ledger"]["origin"]
 
     def stop(self) -> int:
         """SIGTERM, as systemd stops a node; returns its exit code."""
@@ -292,7 +384,7 @@ class SimNode:
 
 
 def converged(nodes: list[SimNode], expected: dict[str, int]) -> Callable[[], bool]:
-    """A check: true once every node's version vector equals `expected`."""
+    """A check: true once every node's version vector equals `expected` (keys: origins)."""
     def check() -> bool:
         return all(n.status()["vector"] == expected for n in nodes)
     return check

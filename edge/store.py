@@ -3,7 +3,7 @@
 Layout of a node's data dir:
 
     hot.db            the hot set, a TinyDB database: open jobs' events, the outbox and the
-                      node's own state (next seq, HLC, version vector). Written whole on every
+                      node's own state (incarnation, HLC, version vector). Written whole on every
                       change, atomically: temp file + fsync + rename + fsync of the dir. The
                       file carries a generation number, its length and a CRC-32.
     hot.db.prev       the previous generation (the last good state if hot.db is damaged)
@@ -13,8 +13,18 @@ Layout of a node's data dir:
 
 A write costs the size of the hot set, not of the history: closed jobs move to the archive.
 Recovery never refuses to boot: a truncated, zero-filled or garbage-tailed hot.db falls back
-to the newest valid generation; a damaged archive tail is cut off; bad copies are kept aside
-and logged.
+to the newest valid generation; a damaged archive keeps every record whose checksum holds;
+bad copies are kept aside and logged.
+
+Ids are never issued twice. The store numbers its events in its *incarnation*, a random id
+minted when the store is created and again whenever it cannot prove it holds everything it
+issued: the hot set was rebuilt from an older generation or from nothing, or archive records
+were lost. What was lost then comes back from peers as history of the old incarnation
+(anti-entropy sees the holes in the rebuilt version vector).
+
+A write either is durable or did not happen: when the disk refuses a write (ENOSPC, EIO) the
+store reloads its last durable state and re-raises the OSError, so an event that was not
+written is never published, and its seq is free again for the next event.
 
 The API the MQTT sync builds on: `append` (local event: seq, HLC, outbox), `ingest` (remote
 events: idempotent, deduplicated by id), `outbox_peek` / `outbox_ack`, `vector` (highest
@@ -24,9 +34,12 @@ for state, `archive_closed` to move finished jobs out of the hot set.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +49,7 @@ from typing import Any
 from tinydb import TinyDB
 
 from edge.clock import HybridClock, Observation, Timestamp
-from edge.ledger import Event, JobState, event_id, fold, merge
+from edge.ledger import Event, EventSigner, EventVerifier, JobState, event_id, fold, merge
 from edge.storage import HOT_FILE, Archive, HotStorage, parse_record
 
 log = logging.getLogger(__name__)
@@ -59,7 +72,12 @@ class IngestReport:
     added: list[Event] = field(default_factory=list)
     duplicates: int = 0
     rejected: list[str] = field(default_factory=list)
+    forged: list[str] = field(default_factory=list)
     clamped: list[Observation] = field(default_factory=list)
+
+
+def new_incarnation() -> str:
+    return secrets.token_hex(4)
 
 
 class Store:
@@ -70,30 +88,49 @@ class Store:
     """
 
     def __init__(self, data_dir: Path, node: str | None = None, readonly: bool = False,
-                 wall: Wall = wall_ms):
+                 wall: Wall = wall_ms, signer: EventSigner | None = None,
+                 verifier: EventVerifier | None = None):
         self.data_dir = Path(data_dir)
         self.readonly = readonly
         self.wall = wall
+        self.signer = signer
+        self.verifier = verifier
         self._lock_fd: int | None = None
         if not readonly:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._lock()
-        self.hot = HotStorage(self.data_dir / HOT_FILE, readonly)
-        self.db = TinyDB(storage=lambda: self.hot)  # type: ignore[arg-type,return-value]
         self.archive = Archive(self.data_dir / "archive", readonly)
+        self.recovery: list[str] = list(self.archive.recovery)
+        self.clock = HybridClock(node or "")
+        try:
+            self._load(node)
+        except ValueError:
+            self.close()
+            raise
+        self._audited = len(self.archive.damaged)
+        if self.archive.damaged and not readonly:
+            self._rebuild_vector()
+
+    def _load(self, node: str | None) -> None:
+        """(Re)build the in-memory state from the hot set on disk."""
+        self.hot = HotStorage(self.data_dir / HOT_FILE, self.readonly)
+        self.db = TinyDB(storage=lambda: self.hot)  # type: ignore[arg-type,return-value]
+        self.recovery += self.hot.recovery
         state = self._node_doc()
         stored = state.get("node")
         if node and stored and node != stored:
-            self.close()
             raise ValueError(f"{self.data_dir} belongs to node {stored!r}, not {node!r}")
         self.node: str = node or stored or ""
         if not self.node:
-            self.close()
             raise ValueError(f"{self.data_dir} holds no node id yet; give one")
-        self.recovery = self.hot.recovery + self.archive.recovery
-        self.clock = HybridClock(self.node, self._stored(Timestamp.from_json, state.get("hlc"), "HLC"))
+        stored_clock = self._stored(Timestamp.from_json, state.get("hlc"), "HLC")
+        if stored_clock is not None and stored_clock > self.clock.last:
+            self.clock = HybridClock(self.node, stored_clock)
+        self.clock.node = self.node
         self.vectors: dict[str, int] = dict(state.get("vector", {}))
         self.extra: dict[str, set[int]] = {o: set(s) for o, s in state.get("extra", {}).items()}
+        self.incarnation: str = state.get("incarnation", "") if isinstance(state.get("incarnation"), str) else ""
+        self.incarnations: list[str] = [i for i in state.get("incarnations", []) if isinstance(i, str)]
         self._events: dict[str, Event] = {}
         self._by_job: dict[str, set[str]] = {}
         self._doc_ids: dict[str, int] = {}
@@ -104,16 +141,55 @@ class Store:
                 self._by_job.setdefault(ev.job, set()).add(ev.id)
                 self._doc_ids[ev.id] = doc.doc_id
         self._outbox = {doc.get("id"): doc.doc_id for doc in self.db.table("outbox").all()}
-        if not readonly:
-            self._finish_interrupted_archive()
-            if not stored or self.hot.recovery:
-                self._save()
+        if self.readonly:
+            return
+        self._finish_interrupted_archive()
+        if not self.incarnation or self.hot.suspect:
+            self._new_incarnation("a new store" if not stored else
+                                  "the hot set was recovered from an older state, so it may lack "
+                                  "events it issued" if self.hot.suspect else "a store of the first release")
+        elif self.hot.recovery:
+            self._save()
+
+    def _new_incarnation(self, why: str) -> None:
+        """Number new events in a fresh stream: no id this store issued before can be reissued."""
+        old = self.incarnation
+        self.incarnation = new_incarnation()
+        self.incarnations.append(self.incarnation)
+        if old or self.vectors:
+            self.recovery.append(f"new incarnation {self.incarnation} ({why})")
+            log.warning("store of %s: new incarnation %s (%s); peers give back what was lost",
+                        self.node, self.incarnation, why)
+        with self.hot.transaction():
+            self._save()
 
     @classmethod
     def open(cls, data_dir: str | Path, node: str | None = None, readonly: bool = False,
-             wall: Wall = wall_ms) -> Store:
-        """Open (creating if needed) and recover a data dir. Raises StoreBusy if another writer has it."""
-        return cls(Path(data_dir), node, readonly, wall)
+             wall: Wall = wall_ms, signer: EventSigner | None = None,
+             verifier: EventVerifier | None = None) -> Store:
+        """Open (creating if needed) and recover a data dir. Raises StoreBusy if another writer has it.
+
+        With a `signer`, local events are signed; with a `verifier`, remote events whose
+        signature does not check are refused (IngestReport.forged)."""
+        return cls(Path(data_dir), node, readonly, wall, signer, verifier)
+
+    @property
+    def origin(self) -> str:
+        """This store's numbering stream, `<node>.<incarnation>`: the origin of its new events."""
+        return f"{self.node}.{self.incarnation}" if self.incarnation else self.node
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One durable change: all of it is written, or the last durable state is reloaded."""
+        try:
+            with self.hot.transaction():
+                yield
+        except OSError:
+            if self.hot._depth:
+                raise
+            log.error("store write failed in %s; back to the last durable state", self.data_dir)
+            self._load(self.node)
+            raise
 
     def __enter__(self) -> Store:
         return self
@@ -138,15 +214,21 @@ class Store:
     # ------------------------------------------------------------ writing
 
     def append(self, job: str, type: str, station: str, data: Mapping[str, Any] | None = None) -> Event:
-        """Record a local event: next seq, a fresh HLC stamp, into the outbox. Durable on return.
+        """Record a local event: next seq of this incarnation, a fresh HLC stamp, signed, into
+        the outbox. Durable on return.
 
-        Raises ValueError for an unknown event type. If the disk write fails (OSError), the
-        event stays in memory and is written with the next successful write.
+        Raises ValueError for a bad event (unknown type, bad job id, data too large) and
+        OSError when the disk refuses the write: then nothing of it remains, in memory or on disk.
         """
-        seq = max([self.vectors.get(self.node, 0), *self.extra.get(self.node, ())]) + 1
-        ev = Event.from_json({"id": event_id(self.node, seq), "job": job, "type": type, "station": station,
-                              "hlc": self.clock.tick(self.wall()).to_json(), "data": dict(data or {})})
-        with self.hot.transaction():
+        if self.readonly:
+            raise PermissionError("store opened read-only")
+        seq = self.vectors.get(self.origin, 0) + 1
+        plain = json.loads(json.dumps(dict(data or {}), allow_nan=False))  # what peers will parse
+        ev = Event.from_json({"id": event_id(self.origin, seq), "job": job, "type": type, "station": station,
+                              "hlc": self.clock.tick(self.wall()).to_json(), "data": plain})
+        if self.signer is not None:
+            ev = self.signer.sign(ev)
+        with self._writing():
             self._store(ev)
             self._outbox[ev.id] = self.db.table("outbox").insert(ev.to_json())
             self._save()
@@ -157,7 +239,7 @@ class Store:
         report = IngestReport()
         now = self.wall()
         pending: list[Event] = []
-        with self.hot.transaction():
+        with self._writing():
             for raw in events:
                 try:
                     ev = raw if isinstance(raw, Event) else Event.from_json(raw)
@@ -167,6 +249,11 @@ class Store:
                     continue
                 if self._seen(ev):
                     report.duplicates += 1
+                    continue
+                why = self._refuse(ev)
+                if why:
+                    report.forged.append(f"{ev.id}: {why}")
+                    log.warning("remote event %s refused: %s", ev.id, why)
                     continue
                 seen = self.clock.observe(ev.hlc, now)
                 if seen.clamped:
@@ -189,9 +276,10 @@ class Store:
 
     def outbox_ack(self, ids: Iterable[str]) -> int:
         """Drop acknowledged events from the outbox; returns how many were there."""
-        doc_ids = [self._outbox.pop(i) for i in ids if i in self._outbox]
-        if doc_ids:
-            self.db.table("outbox").remove(doc_ids=doc_ids)
+        with self._writing():
+            doc_ids = [self._outbox.pop(i) for i in ids if i in self._outbox]
+            if doc_ids:
+                self.db.table("outbox").remove(doc_ids=doc_ids)
         return len(doc_ids)
 
     def archive_closed(self) -> list[str]:
@@ -199,11 +287,26 @@ class Store:
         closed = [s for s in self.open_jobs(include_closed=True) if not s.is_open]
         if not closed:
             return []
-        self.archive.append([(s.job, {"state": s.to_json(), "events": [e.to_json() for e in
-                                                                        self._job_events(s.job)]})
-                             for s in closed])
-        self._drop_from_hot([e.id for s in closed for e in self._job_events(s.job)])
+        with self._writing():
+            self.archive.append([(s.job, {"state": s.to_json(), "events": [e.to_json() for e in
+                                                                            self._job_events(s.job)]})
+                                 for s in closed])
+            self._drop_from_hot([e.id for s in closed for e in self._job_events(s.job)])
         return [s.job for s in closed]
+
+    def probe(self) -> None:
+        """Write the node state once (raises OSError while the disk still refuses)."""
+        with self._writing():
+            self._save()
+
+    def audit(self) -> bool:
+        """Archive damage found since the last look (by a later read) rebuilds the vector so
+        peers re-send what was lost. Returns True when it did."""
+        if len(self.archive.damaged) == self._audited or self.readonly:
+            return False
+        self._audited = len(self.archive.damaged)
+        self._rebuild_vector()
+        return True
 
     # ------------------------------------------------------------ reading
 
@@ -280,6 +383,46 @@ class Store:
         return (ev.seq <= self.vectors.get(ev.origin, 0) or ev.seq in self.extra.get(ev.origin, ())
                 or ev.id in self._events)
 
+    def _refuse(self, ev: Event) -> str | None:
+        """Why a new remote event must not be stored, or None."""
+        if ev.origin == self.origin:
+            return "claims this store's own incarnation, which issued no such event"
+        if self.verifier is not None:
+            return self.verifier.check(ev)
+        return None
+
+    def _rebuild_vector(self) -> None:
+        """Set the version vector to what is really held (hot set and a full read of the
+        archive), so anti-entropy fetches every lost event back; own lost events come back as
+        history of the incarnation that is retired here."""
+        held: dict[str, set[int]] = {}
+        for ev in self._events.values():
+            held.setdefault(ev.origin, set()).add(ev.seq)
+        for _job, record in self.archive.records():
+            for raw in record.get("events", []):
+                ev = self._stored(Event.from_json, raw, "archived event")
+                if ev is not None:
+                    held.setdefault(ev.origin, set()).add(ev.seq)
+        before = dict(self.vectors)
+        self.vectors, self.extra = {}, {}
+        for origin, seqs in held.items():
+            mark = 0
+            while mark + 1 in seqs:
+                mark += 1
+            self.vectors[origin] = mark
+            if seqs - set(range(1, mark + 1)):
+                self.extra[origin] = {n for n in seqs if n > mark}
+        lost = {o: n - self.vectors.get(o, 0) for o, n in before.items() if n > self.vectors.get(o, 0)}
+        log.warning("archive damage: version vector rebuilt from what is held; %d origin(s) with holes: %s",
+                    len(lost), lost)
+        self.recovery.append(f"version vector rebuilt after archive damage (holes: {lost})")
+        if self.origin in lost or any(v > self.vectors.get(self.origin, 0) for v in
+                                       self.extra.get(self.origin, ())):
+            self._new_incarnation("archived events of this incarnation were lost")
+        else:
+            with self._writing():
+                self._save()
+
     def _store(self, ev: Event, pending: list[Event] | None = None) -> None:
         """Put a new event in the hot set (or beside its archived job) and mark it seen."""
         in_hot = ev.job in self._by_job
@@ -308,7 +451,8 @@ class Store:
             del self.extra[ev.origin]
 
     def _save(self) -> None:
-        doc = {"node": self.node, "hlc": self.clock.last.to_json(), "vector": self.vectors,
+        doc = {"node": self.node, "incarnation": self.incarnation, "incarnations": self.incarnations,
+               "hlc": self.clock.last.to_json(), "vector": self.vectors,
                "extra": {o: sorted(s) for o, s in self.extra.items()}}
         table = self.db.table("node")
         if table.contains(doc_id=1):

@@ -6,13 +6,21 @@ the store, the outbox or the peers' table runs on the node loop (`Sync.handle`).
 
 Guarantees:
 - the outbox is on disk; an event leaves it only when the broker PUBACKs the message that
-  carried it. A new paho client is made per connection, so nothing waits in paho's memory:
-  after a reconnect the drain starts again from the outbox (a duplicate is harmless);
+  carried it *with a success reason code*. A refusal (MQTT 5 reason >= 0x80, e.g. 135 "Not
+  authorized") keeps the events in the outbox, is logged once per cause, shows in `status`,
+  and the drain tries again later. A new paho client is made per connection, so nothing waits
+  in paho's memory: after a reconnect the drain starts again from the outbox (a duplicate is
+  harmless);
 - the drain is flow controlled: at most `window` messages in flight, `batch` events each;
 - anti-entropy: a node publishes its version vector on connect and every `resync_s`; a
   peer that sees a vector lacking events re-sends them if it is responsible for their
-  origin (the origin itself when online, else the lowest-id online node that has them);
-- consumers are idempotent: ingest deduplicates by event id.
+  origin (the origin node when online, else the lowest-id online node that has them); a
+  node that lost its store is sent its own history back by the others;
+- consumers are idempotent: ingest deduplicates by event id and verifies each new event's
+  signature; a batch that cannot be written (disk full) is dropped whole and comes back by
+  anti-entropy;
+- retained job state never goes backwards: a node publishes `job/<job>` only from a view
+  holding more events than the retained one it saw (nodes subscribe to `job/+` for that).
 """
 
 from __future__ import annotations
@@ -35,9 +43,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge import __version__
-from edge.ledger import Event
+from edge.ledger import ORIGIN_RE, Event, node_of
 from edge.store import Store
-from edge.topics import EVENTS, PAYLOAD_VERSION, STATUS, SYNC, Topics
+from edge.topics import EVENTS, JOB, PAYLOAD_VERSION, STATUS, SYNC, Topics
 
 log = logging.getLogger(__name__)
 Post = Callable[[str, dict[str, Any]], None]
@@ -45,6 +53,8 @@ SESSION_EXPIRY_S = 7 * 86400
 UNREACHED = 1 << 62
 GRACE_S = 2.0  # an event acked this recently may still be on its way to a peer: not missing yet
 RESEND_AFTER_S = 10.0  # a range re-sent to everyone is not re-sent again for this long
+REFUSED_RETRY_S = 5.0  # after the broker refused a publish, the drain waits this long
+MAX_VECTOR_ORIGINS = 4096
 
 
 @dataclass
@@ -138,7 +148,9 @@ class Sync:
     def __init__(self, node: str, line: str, kind: str, link: MqttLink, store: Store, post: Post,
                  session: int, window: int = 16, batch: int = 500, resync_s: float = 30.0,
                  on_ingest: Callable[[list[Event]], None] | None = None,
-                 on_command: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None):
+                 on_command: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None,
+                 on_session: Callable[[int], None] | None = None,
+                 on_disk_error: Callable[[OSError], None] | None = None):
         self.node = node
         self.kind = kind
         self.link = link
@@ -150,6 +162,8 @@ class Sync:
         self.resync_s = resync_s
         self.on_ingest = on_ingest
         self.on_command = on_command
+        self.on_session = on_session
+        self.on_disk_error = on_disk_error
         self.topics = Topics(line)
         self.network = Network(self)
         self.connected_gen = 0
@@ -161,12 +175,17 @@ class Sync:
         self.vector_changed_at = time.monotonic()
         self.peers: dict[str, Peer] = {}
         self.counters = {"published": 0, "received": 0, "ingested": 0, "duplicates": 0, "dropped": 0,
-                         "repaired": 0, "connects": 0}
+                         "forged": 0, "refused": 0, "repaired": 0, "connects": 0}
+        self.refusals: dict[str, str] = {}  # cause -> broker's reason, logged once per cause
+        self.refused_until = 0.0
+        self.retained_jobs: dict[str, int] = {}  # job -> events in the retained state seen
+        self.republish_at: float | None = None
         self.last_vector_sent = 0.0
         self.vector_wanted = False
         self.received: list[Any] = []
         self.extra_subscriptions: list[str] = []
         self.on_connect_hooks: list[Callable[[], None]] = []
+        self.after_connect_hooks: list[Callable[[], None]] = []  # once retained messages are in
         self.message_hooks: dict[str, Callable[[str, bytes, Any], None]] = {}
 
     # ------------------------------------------------------------ network thread side
@@ -191,8 +210,14 @@ class Sync:
         def on_disconnect(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
             self.post("mqtt_disconnected", {"gen": gen, "reason": str(reason)})
 
-        def on_publish(_c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
-            self.post("mqtt_puback", {"gen": gen, "mid": mid})
+        def on_publish(_c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
+            refused = str(reason) if getattr(reason, "is_failure", False) else None
+            self.post("mqtt_puback", {"gen": gen, "mid": mid, "refused": refused})
+
+        def on_subscribe(_c: Any, _u: Any, mid: int, reasons: Any, _props: Any) -> None:
+            refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+            if refused:
+                self.post("mqtt_suback", {"gen": gen, "mid": mid, "refused": refused})
 
         def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
             self.post("mqtt_message", {"gen": gen, "topic": msg.topic, "payload": msg.payload,
@@ -201,6 +226,7 @@ class Sync:
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        client.on_subscribe = on_subscribe
         client.on_message = on_message
         return client
 
@@ -238,7 +264,9 @@ class Sync:
         elif kind == "mqtt_unreachable":
             self._lost(data["error"])
         elif kind == "mqtt_puback":
-            self._puback(data["mid"])
+            self._puback(data["mid"], data.get("refused"))
+        elif kind == "mqtt_suback":
+            self._refused("subscribe", ", ".join(data["refused"]))
         elif kind == "mqtt_message":
             self._message(data["topic"], data["payload"], data.get("props"), data.get("retain", False))
         return True
@@ -266,7 +294,12 @@ class Sync:
             client.subscribe([(t, SubscribeOptions(qos=1, noLocal=True)) for t in subs])
         else:
             client.subscribe([(t, 1) for t in subs])
+        # retained messages of the subscriptions (our own last status, the jobs' states) come
+        # before the broker reads our next packet: they hold the old values
         client.publish(self.topics.status(self.node), self._status("online"), qos=1, retain=True)
+        self.retained_jobs.clear()
+        self.republish_at = time.monotonic() + 1.0  # once the retained job states are in
+        self.refused_until = 0.0
         for hook in self.on_connect_hooks:
             hook()
         self.send_vector(ask=True)
@@ -280,7 +313,7 @@ class Sync:
         self.inflight_ids.clear()
 
     def _status(self, state: str) -> bytes:
-        body: dict[str, Any] = {"state": state, "session": self.session}
+        body: dict[str, Any] = {"state": state, "session": self.session, "incarnation": self.store.incarnation}
         if state == "online":
             body.update(version=__version__, kind=self.kind, protocol=self.link.protocol)
         return json.dumps(body).encode()
@@ -297,6 +330,8 @@ class Sync:
     # -- outbox drain
     def drain(self) -> None:
         """Fill the in-flight window from the repair queue, then from the outbox."""
+        if self.refused_until and time.monotonic() < self.refused_until:
+            return
         while self.connected and len(self.inflight) < self.window:
             own: list[str] = []
             if self.repairs:
@@ -317,13 +352,30 @@ class Sync:
             self.inflight_ids.update(own)
             self.counters["published"] += len(batch)
 
-    def _puback(self, mid: int) -> None:
+    def _puback(self, mid: int, refused: str | None = None) -> None:
         ids = self.inflight.pop(mid, None)
+        if refused is not None:
+            if ids:
+                self.inflight_ids.difference_update(ids)  # still in the outbox: sent again later
+                self.counters["refused"] += len(ids)
+                self.refused_until = time.monotonic() + REFUSED_RETRY_S
+            self._refused("publish", refused)
+            return
         if ids:
             self.store.outbox_ack(ids)
             self.inflight_ids.difference_update(ids)
             self.recent_acks.append((time.monotonic(), min(int(i.rpartition(":")[2]) for i in ids)))
+            if "publish" in self.refusals:
+                log.info("the broker accepts this node's events again")
+                del self.refusals["publish"]
         self.drain()
+
+    def _refused(self, what: str, reason: str) -> None:
+        """The broker said no: log once per cause, keep it for `status`."""
+        if self.refusals.get(what) != reason:
+            log.error("the broker refused a %s: %s (user %r; is [mqtt] username the node id, and is "
+                      "the node in the broker's password file?)", what, reason, self.link.username)
+        self.refusals[what] = reason
 
     # -- anti-entropy
     def send_vector(self, ask: bool = False) -> None:
@@ -339,6 +391,10 @@ class Sync:
     def tick(self) -> None:
         """Called by the node loop about once a second: periodic and stall-driven vectors, drain."""
         now = time.monotonic()
+        if self.republish_at is not None and now >= self.republish_at and self.connected:
+            self.republish_at = None
+            for hook in self.after_connect_hooks:
+                hook()
         if self.connected:
             stalled = now - self.vector_changed_at > GRACE_S and self._peers_ahead()
             if (self.vector_wanted or now - self.last_vector_sent >= self.resync_s
@@ -351,16 +407,18 @@ class Sync:
         mine = self.store.vector()
         return any(n > mine.get(o, 0) for p in self.peers.values() for o, n in p.vector.items())
 
-    def _responsible_for(self, origin: str, asker: str) -> bool:
-        if origin == asker:
-            return False
+    def _responsible_for(self, stream: str, asker: str) -> bool:
+        """Whether this node re-sends events of `stream` that `asker` lacks: the stream's node
+        does when online (and is not the asker), else the lowest-id online node holding most.
+        A node that lost its store is sent its own earlier history by the others."""
+        origin = node_of(stream)
         if origin == self.node:
             return True
         owner = self.peers.get(origin)
-        if owner is not None and owner.online:
+        if origin != asker and owner is not None and owner.online:
             return False
-        mine = self.store.vector().get(origin, 0)
-        candidates = [(n, p.vector.get(origin, 0)) for n, p in self.peers.items()
+        mine = self.store.vector().get(stream, 0)
+        candidates = [(n, p.vector.get(stream, 0)) for n, p in self.peers.items()
                       if p.online and n not in (asker, origin)]
         best = max([mine] + [have for _n, have in candidates])
         holders = sorted([n for n, have in candidates if have == best] + ([self.node] if mine == best else []))
@@ -381,8 +439,9 @@ class Sync:
             return
         waiting = self.store.outbox_ids()  # the drain sends those
         just_acked = min((seq for _t, seq in self.recent_acks), default=UNREACHED)  # may still be in transit
+        own = self.store.origin
         missing = [e for e in self.store.events_since(floor) if e.id not in waiting
-                   and not (e.origin == self.node and e.seq >= just_acked)]
+                   and not (e.origin == own and e.seq >= just_acked)]
         if not missing:
             return
         for origin in {e.origin for e in missing}:
@@ -409,21 +468,22 @@ class Sync:
             elif kind == "sync":
                 if who != self.node:
                     body = SYNC.parse(payload)
-                    vector = {o: n for o, n in body["vector"].items() if isinstance(n, int) and not isinstance(n, bool)}
                     if body.get("ask") is True:
                         # a peer just (re)connected and may have missed our vector: answer it
                         self.vector_wanted = True
-                    self._peer_vector(who, vector)
+                    self._peer_vector(who, parse_vector(body["vector"]))
             elif kind == "status":
                 self._status_seen(who, payload)
+            elif kind == "job":
+                self._job_seen(who, payload)
             elif kind == "cmd" and who == self.node and self.on_command is not None:
                 self.on_command({"payload": payload, "props": props}, self.link.protocol == 5)
-        except ValueError as exc:
-            self._drop(topic, str(exc))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self._drop(topic, f"{type(exc).__name__}: {exc}")
 
     def _drop(self, topic: str, why: str) -> None:
         self.counters["dropped"] += 1
-        log.warning("dropped a message on %s: %s", topic, why)
+        log.warning("dropped a message on %s: %s", topic[:200], why[:300])
 
     def _events(self, body: dict[str, Any]) -> None:
         self.received.extend(body["events"])
@@ -436,11 +496,18 @@ class Sync:
         if not self.received:
             return
         batch, self.received = self.received, []
-        report = self.store.ingest(batch)
+        try:
+            report = self.store.ingest(batch)
+        except OSError as exc:  # nothing of the batch was kept: anti-entropy brings it back
+            log.error("could not write %d received event(s): %s", len(batch), exc)
+            if self.on_disk_error is not None:
+                self.on_disk_error(exc)
+            return
         if report.added:
             self.vector_changed_at = time.monotonic()
         self.counters["ingested"] += len(report.added)
         self.counters["duplicates"] += report.duplicates
+        self.counters["forged"] += len(report.forged)
         if report.rejected:
             self.counters["dropped"] += len(report.rejected)
         for seen in report.clamped:
@@ -453,7 +520,17 @@ class Sync:
             return
         body = STATUS.parse(payload)
         if who == self.node:
-            if body["state"] == "offline" and body["session"] <= self.session and self.connected:
+            theirs = body.get("incarnation", "")
+            if body["session"] >= self.session and theirs != self.store.incarnation:
+                # a predecessor of this node (the SD card was replaced, the store lost) had
+                # reached that session: go past it, so dashboards keep trusting our will
+                self.session = body["session"] + 1
+                log.warning("a predecessor of this node reached session %d: now session %d",
+                            body["session"], self.session)
+                if self.on_session is not None:
+                    self.on_session(self.session)
+                self._rearm_will()
+            elif body["state"] == "offline" and body["session"] <= self.session and self.connected:
                 # our old session's will, delivered late: say we are here
                 self.publish(self.topics.status(self.node), self._status("online"), retain=True)
             return
@@ -464,3 +541,48 @@ class Sync:
             peer.online, peer.session = False, body["session"]
         else:
             log.info("ignored a late offline notice of %s's old session %d", who, body["session"])
+
+    def _rearm_will(self) -> None:
+        """The will is fixed at CONNECT: reconnect so it carries the current session."""
+        client = self._client()
+        if client is not None:
+            client.publish(self.topics.status(self.node), self._status("online"), qos=1, retain=True)
+            client.disconnect()
+
+    # -- retained job state
+    def _job_seen(self, job: str, payload: bytes) -> None:
+        if not payload:
+            self.retained_jobs.pop(job, None)
+            return
+        body = JOB.parse(payload)
+        events = body.get("events", 0)
+        if isinstance(events, int) and not isinstance(events, bool):
+            self.retained_jobs[job] = max(events, self.retained_jobs.get(job, 0))
+
+    def may_publish_job(self, job: str, events: int) -> bool:
+        """True if a view of `events` events is newer than the retained state seen for `job`."""
+        return events > self.retained_jobs.get(job, 0)
+
+    def published_job(self, job: str, events: int) -> None:
+        self.retained_jobs[job] = max(events, self.retained_jobs.get(job, 0))
+
+    def forget_job(self, job: str) -> None:
+        self.retained_jobs.pop(job, None)
+
+    def status(self) -> dict[str, Any]:
+        return {"connected": self.connected, "session": self.session, **self.counters,
+                "refusals": dict(self.refusals)}
+
+
+def parse_vector(value: Any) -> dict[str, int]:
+    """A peer's version vector, checked: origin ids, positive integers, bounded in size."""
+    if not isinstance(value, dict) or len(value) > MAX_VECTOR_ORIGINS:
+        raise ValueError(f"vector must be an object of at most {MAX_VECTOR_ORIGINS} origins")
+    out = {}
+    for origin, n in value.items():
+        if not isinstance(origin, str) or not ORIGIN_RE.fullmatch(origin):
+            raise ValueError(f"vector origin {str(origin)[:80]!r} is not '<node>.<incarnation>'")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 10**18:
+            raise ValueError(f"vector entry for {origin} is not a sequence number")
+        out[origin] = n
+    return out

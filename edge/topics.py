@@ -8,17 +8,16 @@ author reads exactly what the code does. Pure: no paho here.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
+
+from edge.ledger import JOB_RE, NODE_RE
 
 ROOT = "fabrique"
 HA_PREFIX = "homeassistant"
 PAYLOAD_VERSION = 1
 MAX_EVENTS_PAYLOAD = 256 * 1024
 MAX_SMALL_PAYLOAD = 8 * 1024
-NODE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-JOB_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -76,12 +75,17 @@ def _type_words(t: type | tuple[type, ...]) -> str:
 
 STATUS = Schema("status", (
     Field("state", str, True, "`online` (birth) or `offline` (last will, or clean shutdown)"),
-    Field("session", int, True, "boot counter of the node; an `offline` with a lower session than the "
-                                "last `online` is a late death notice of an old session: ignore it"),
+    Field("session", int, True, "boot counter of the node, never lower than a predecessor's (a node "
+                                "on a new SD card goes past the session it finds retained); an `offline` "
+                                "with a lower session than the last `online` is a late death notice of an "
+                                "old session: ignore it"),
+    Field("incarnation", str, False, "the node's store incarnation (8 hex digits; changes when the store "
+                                     "is new or was rebuilt); its events' ids are `<node>.<incarnation>:<seq>`"),
     Field("version", str, False, "fabrique-edge version (birth only)"),
     Field("kind", str, False, "station kind (birth only)"),
     Field("protocol", int, False, "MQTT protocol version the node speaks: 5 or 4 (3.1.1)"),
-), {"state": "online", "session": 12, "version": "0.1.0", "kind": "laser", "protocol": 5})
+), {"state": "online", "session": 12, "incarnation": "3f9a0c2e", "version": "0.1.0", "kind": "laser",
+    "protocol": 5})
 
 STATE = Schema("state", (
     Field("state", str, True, "`idle`, `busy`, `fault`, `manual` or `estop`"),
@@ -93,18 +97,22 @@ STATE = Schema("state", (
 
 EVENTS = Schema("events", (
     Field("v", int, True, f"payload version, {PAYLOAD_VERSION}"),
-    Field("events", list, True, "ledger events `{id, job, type, station, hlc, data}`; any origin: "
-                                "a node re-sends other nodes' events a peer lacks"),
-), {"v": 1, "events": [{"id": "laser-1:42", "job": "A7K2M9", "type": "step_done", "station": "laser",
-                        "hlc": [1795305600000, 0, "laser-1"], "data": {"step": "laser"}}]},
+    Field("events", list, True, "ledger events `{id, job, type, station, hlc, data, sig}`, id "
+                                "`<node>.<incarnation>:<seq>`, `sig` the base64 Ed25519 signature of the "
+                                "origin node (key in the line file's `[nodes.keys]`); any origin: a node "
+                                "re-sends other nodes' events a peer lacks, and every node verifies"),
+), {"v": 1, "events": [{"id": "laser-1.3f9a0c2e:42", "job": "A7K2M9", "type": "step_done", "station": "laser",
+                        "hlc": [1795305600000, 0, "laser-1"], "data": {"step": "laser"},
+                        "sig": "p1Yq...86 base64 characters...Bw=="}]},
     MAX_EVENTS_PAYLOAD)
 
 SYNC = Schema("sync", (
     Field("v", int, True, f"payload version, {PAYLOAD_VERSION}"),
-    Field("vector", dict, True, "highest contiguous event seq this node holds, per origin node"),
+    Field("vector", dict, True, "highest contiguous event seq this node holds, per origin "
+                                "(`<node>.<incarnation>`)"),
     Field("session", int, False, "the sender's session"),
     Field("ask", bool, False, "true when the sender just connected: every peer answers with its vector"),
-), {"v": 1, "vector": {"intake-1": 120, "laser-1": 87}, "session": 12, "ask": True})
+), {"v": 1, "vector": {"intake-1.5b0e17aa": 120, "laser-1.3f9a0c2e": 87}, "session": 12, "ask": True})
 
 JOB = Schema("job", (
     Field("job", str, True, "job id (the order id)"),
@@ -193,9 +201,15 @@ class Topics:
         return f"{self.base}/node/{node}/cmd/response"
 
     def subscriptions(self, node: str) -> list[str]:
-        """What a node subscribes to: every status, peers' events and vectors, its commands."""
+        """What a node subscribes to: every status, peers' events and vectors, the retained job
+        states (so it never publishes an older one), its commands."""
         return [f"{self.base}/node/+/status", f"{self.base}/events/+", f"{self.base}/sync/+",
-                self.cmd(node)]
+                f"{self.base}/job/+", self.cmd(node)]
+
+    def response_ok(self, node: str, topic: str) -> bool:
+        """A reply may go only to `node/<node>/cmd/response` or below it, and not to a wildcard."""
+        base = self.cmd_response(node)
+        return (topic == base or topic.startswith(base + "/")) and not any(c in topic for c in "#+\0")
 
     def parse(self, topic: str) -> tuple[str, str] | None:
         """`fabrique/demo/events/laser-1` -> ("events", "laser-1"); None if not one of ours."""
@@ -203,8 +217,8 @@ class Topics:
             return None
         parts = topic[len(self.base) + 1:].split("/")
         if len(parts) == 2 and parts[0] == "job":
-            return ("job", parts[1]) if JOB_RE.match(parts[1]) else None
-        if len(parts) < 2 or not NODE_RE.match(parts[1] if parts[0] == "node" else parts[1]):
+            return ("job", parts[1]) if JOB_RE.fullmatch(parts[1]) else None
+        if len(parts) < 2 or not NODE_RE.fullmatch(parts[1]):
             return None
         if len(parts) == 2 and parts[0] in ("events", "sync"):
             return parts[0], parts[1]

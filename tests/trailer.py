@@ -53,6 +53,9 @@ def example_station(name: str, tmp_path: Path, mqtt: str | None = None) -> Path:
     text = head + sep + (mqtt if mqtt is not None else "enabled = false") + "\n\n" + tail
     text = text.replace('data_dir = "/var/lib/fabrique-edge"', f'data_dir = "{tmp_path / name}"')
     text = text.replace('line_file = "line.toml"', f'line_file = "{EXAMPLES / "line.toml"}"')
+    node_id = text.split('id = "', 1)[1].split('"', 1)[0]
+    text = text.replace('key_file = "/etc/fabrique-edge/node.key"',
+                        f'key_file = "{ROOT / "examples" / "keys" / "nodes" / f"EXAMPLE-ONLY-{node_id}.pem"}"')
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return path

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from edge.cli import arg, command
-from edge.config import ConfigError, LineConfig, load_any
+from edge.config import ConfigError, LineConfig, StationConfig, advice, load_any, load_line
+from edge.nodekey import NodeKeyError, load
 
 
 @command(
@@ -36,7 +37,33 @@ def check_config(args: argparse.Namespace) -> int:
             print(f"{path}: {len(issues)} error{'s' if len(issues) != 1 else ''}", file=sys.stderr)
         elif not args.quiet and config is not None:
             print(f"{path}: ok ({_describe(config)})")
+        if isinstance(config, StationConfig):
+            for warning in station_warnings(config):
+                print(f"{path}: warning: {warning}", file=sys.stderr)
     return worst
+
+
+def station_warnings(config: StationConfig) -> list[str]:
+    """What loads but will not work: advice() plus the key file against the line's keys."""
+    try:
+        line = load_line(config.node.line_file)
+    except ConfigError:
+        return []  # already reported at [node] line_file
+    out = advice(config, line)
+    try:
+        signer = load(config.node.key_file)
+    except FileNotFoundError:
+        out.append(f"[node] key_file {config.node.key_file} does not exist yet: the node makes it at first "
+                   f"boot; `edge keys new --config FILE` makes it now and prints the line for the line file")
+        return out
+    except NodeKeyError as exc:
+        out.append(f"[node] key_file: {exc}")
+        return out
+    listed = line.node_keys.get(config.node.id, ())
+    if listed and signer.public_key not in listed:
+        out.append(f"[node] key_file {config.node.key_file} is not the key {line.source} lists for "
+                   f"{config.node.id!r}: peers will refuse this node's events")
+    return out
 
 
 def _describe(config) -> str:

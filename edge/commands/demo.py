@@ -156,7 +156,9 @@ def demo(args: argparse.Namespace) -> int:
         done = nodes["pickup"].command(f"complete {job}")
         say(f"\n== Handed over at pickup: job {job} is {done['status']}.")
         # what each station recorded itself is what every station must end up holding
-        expected = {n.name: n.status()["vector"].get(n.name, 0) for n in nodes.values()}
+        origins = {n.name: n.origin for n in nodes.values()}
+        expected = {origins[n.name]: n.status()["vector"].get(origins[n.name], 0) for n in nodes.values()}
+        expected = {o: v for o, v in expected.items() if v}
         wait_until(converged(list(nodes.values()), expected), 30, "every station to agree")
         say("== Every station holds the same ledger and the same job state:")
         states = {kind: node.command(f"job {job}") for kind, node in nodes.items()}

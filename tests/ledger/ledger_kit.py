@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.clock import Timestamp
 from edge.config import LineConfig, OptionSpec, Product
-from edge.ledger import Event
+from edge.ledger import Event, node_of
 from edge.orders import Order, public_key_b64, sign_order
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +50,7 @@ def signed(key: Ed25519PrivateKey = BACKEND_KEY, **changes: Any) -> str:
 
 def event(node: str, seq: int, job: str, type: str, wall: int = 0, counter: int = 0,
           station: str = "intake", **data: Any) -> Event:
-    return Event(f"{node}:{seq}", job, type, station, Timestamp(wall, counter, node), data)
+    """An event of `node` (a node id, or an origin `<node>.<incarnation>`)."""
+    return Event(f"{node}:{seq}", job, type, station, Timestamp(wall, counter, node_of(node)), data)
 
 

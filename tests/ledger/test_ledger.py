@@ -130,7 +130,7 @@ def test_events_before_the_launch_arrives_are_not_lost():
 def test_malformed_remote_event_is_refused_with_a_reason():
     import pytest
 
-    with pytest.raises(ValueError, match="not '<node>:<seq>'"):
+    with pytest.raises(ValueError, match="not '<node>.<incarnation>:<seq>'"):
         Event.from_json({"id": "laser-1", "job": "J1", "type": "note", "station": "laser", "hlc": [1, 0, "x"]})
     with pytest.raises(ValueError, match="event type"):
         Event.from_json({"id": "laser-1:1", "job": "J1", "type": "explode", "station": "laser", "hlc": [1, 0, "x"]})

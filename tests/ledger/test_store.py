@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ledger_kit import ROUTE, event
 
+from edge.ledger import Event
 from edge.store import HOT_FILE, Store, StoreBusy
 
 LAUNCH = {"product": "stand", "route": list(ROUTE)}
@@ -57,12 +58,16 @@ def test_garbage_after_the_hot_file_loses_nothing(tmp_path):
 
 
 def test_store_with_every_file_destroyed_still_boots_empty(tmp_path):
-    _three_events(tmp_path)
+    ids = _three_events(tmp_path)
     for name in (HOT_FILE, HOT_FILE + ".prev"):
         (tmp_path / name).write_bytes(b"\0" * 100)
     with Store.open(tmp_path, "intake-1") as store:
         assert store.open_jobs() == []
-        assert store.append("J2", "note", "intake").id == "intake-1:1"
+        new = store.append("J2", "note", "intake")
+        # a new incarnation: the ids the lost store issued (peers hold them) are never reissued
+        assert new.node == "intake-1" and new.seq == 1 and new.id not in ids
+        assert new.origin != Event.from_json({"id": ids[0], "job": "J", "type": "note", "station": "intake",
+                                              "hlc": [0, 0, "intake-1"]}).origin
 
 
 @pytest.mark.parametrize("tail", [b'1234abcd\t"J2"\t{"state": {"job": "J2"}, "ev', b"\0" * 4096,
@@ -151,8 +156,9 @@ def test_events_since_gives_a_peer_what_it_lacks_including_archived_jobs(tmp_pat
         store.archive_closed()
         store.append("J2", "created", "intake", LAUNCH)
         store.ingest([event("laser-1", 1, "J2", "note", 5)])
-        assert [e.id for e in store.events_since({"intake-1": 1, "laser-1": 1})] == ["intake-1:3", "intake-1:2"]
-        assert {e.id for e in store.events_since({})} == {"intake-1:1", "intake-1:2", "intake-1:3", "laser-1:1"}
+        me = store.origin
+        assert [e.id for e in store.events_since({me: 1, "laser-1": 1})] == [f"{me}:3", f"{me}:2"]
+        assert {e.id for e in store.events_since({})} == {f"{me}:1", f"{me}:2", f"{me}:3", "laser-1:1"}
 
 
 def test_late_event_for_an_archived_job_joins_its_archive(tmp_path):
@@ -183,8 +189,10 @@ def test_own_events_recovered_from_a_peer_are_never_reissued(tmp_path):
     with Store.open(tmp_path / "old", "intake-1") as store:
         lost = [store.append("J1", "note", "intake") for _ in range(3)]
     with Store.open(tmp_path / "new", "intake-1") as store:  # SD card replaced
-        store.ingest(lost)
-        assert store.append("J1", "note", "intake").id == "intake-1:4"
+        assert len(store.ingest(lost).added) == 3  # its own history, given back by a peer
+        new = store.append("J1", "note", "intake")
+        assert new.id not in {e.id for e in lost} and new.node == "intake-1"
+        assert store.vector() == {lost[0].origin: 3, new.origin: 1}
 
 
 def test_second_writer_is_refused_but_readers_are_welcome(tmp_path):
@@ -224,13 +232,14 @@ def test_note_on_an_archived_job_cut_off_by_a_power_cut_never_reuses_its_id(tmp_
         store.append("J1", "created", "intake", LAUNCH)
         store.append("J1", "completed", "intake")
         store.archive_closed()
-        note = event("intake-1", 3, "J1", "note", store.clock.last.wall_ms + 10, text="late")
+        me = store.origin
+        note = event(me, 3, "J1", "note", store.clock.last.wall_ms + 10, text="late")
         store.archive.append([("J1", {"state": {"job": "J1"}, "events": [note.to_json()]})])  # then: power cut
     with Store.open(tmp_path) as store:
         after = store.append("J1", "note", "intake", {"text": "after reboot"})
-        assert after.id == "intake-1:4"
+        assert after.id == f"{me}:4"
         assert after.hlc > note.hlc
-        assert [e.id for e in store.job_events("J1")] == ["intake-1:1", "intake-1:2", "intake-1:3", "intake-1:4"]
+        assert [e.id for e in store.job_events("J1")] == [f"{me}:1", f"{me}:2", f"{me}:3", f"{me}:4"]
 
 
 def test_pi_rebooting_into_1970_still_knows_an_old_order_has_expired(tmp_path):

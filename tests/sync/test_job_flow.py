@@ -35,7 +35,7 @@ def test_an_order_travels_its_route_and_every_node_agrees(broker, line):
         assert state["steps"][launched["route"].index(kind)]["status"] == "done"
     final = nodes["pickup"].command("complete R2D2X1")
     assert final["status"] == "completed" and final["next_step"] is None
-    expected = {f"{k}-1": n for k, n in {"intake": 3, "laser": 2, "inspection": 2, "pickup": 3}.items()}
+    expected = {nodes[k].origin: n for k, n in {"intake": 3, "laser": 2, "inspection": 2, "pickup": 3}.items()}
     wait_until(converged(list(nodes.values()), expected), 30, "every node to hold the whole job")
     states = [n.command("job R2D2X1") for n in nodes.values()]
     assert all(s == states[0] for s in states)
@@ -61,7 +61,7 @@ def test_one_order_launched_at_two_intakes_offline_is_a_reported_conflict(broker
     first.command(f"launch {payload}")
     second.command(f"launch {payload}")
     broker.start()
-    wait_until(converged([first, second], {"intake-1": 1, "spare-1": 1}), 30)
+    wait_until(converged([first, second], {first.origin: 1, second.origin: 1}), 30)
     a, b = first.command("job TW1N55"), second.command("job TW1N55")
     assert a == b
     (conflict,) = a["conflicts"]

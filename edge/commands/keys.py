@@ -1,0 +1,77 @@
+"""`edge keys ...`: the node's event-signing key and the line file entry that lists it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edge.cli import arg, command, group
+from edge.config import ConfigError, load_line, load_station
+from edge.nodekey import NodeKeyError, line_entry, load, load_or_create
+
+group("keys", "the node's event-signing key: make it, show the line to add to the line file")
+
+CONFIG = arg("--config", metavar="STATION_FILE", required=True, help="the node's station file")
+
+
+def _station(path: str):
+    try:
+        return load_station(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return None
+
+
+@command(
+    "keys new", "make the node's key file ([node] key_file) if it does not exist; print its line",
+    CONFIG,
+    description="Make this node's Ed25519 event-signing key at [node] key_file (mode 0600).\n"
+                "An existing key is never overwritten. Paste the printed line under\n"
+                "[nodes.keys] in the line file, on every node of the line.\n\n"
+                "example:\n  edge keys new --config /etc/fabrique-edge/station.toml",
+)
+def keys_new(args: argparse.Namespace) -> int:
+    config = _station(args.config)
+    if config is None:
+        return 1
+    path = config.node.key_file
+    try:
+        signer, made = load_or_create(path)
+    except (NodeKeyError, OSError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"# {'made' if made else 'kept the existing'} key {path}; back it up with the line's keys")
+    print("# under [nodes.keys] in the line file:")
+    print(line_entry(config.node.id, signer))
+    return 0
+
+
+@command(
+    "keys show", "print the node's [nodes.keys] line and whether the line file lists it",
+    CONFIG,
+    description="Show this node's public key as a line for [nodes.keys], and check the\n"
+                "line file lists it. Exit 0 when listed, 1 when not, 2 when there is no key.\n\n"
+                "example:\n  edge keys show --config /etc/fabrique-edge/station.toml",
+)
+def keys_show(args: argparse.Namespace) -> int:
+    config = _station(args.config)
+    if config is None:
+        return 1
+    try:
+        signer = load(config.node.key_file)
+    except FileNotFoundError:
+        print(f"{config.node.key_file}: no key yet; make one with `edge keys new --config {args.config}`",
+              file=sys.stderr)
+        return 2
+    except NodeKeyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(line_entry(config.node.id, signer))
+    line = load_line(config.node.line_file)
+    listed = line.node_keys.get(config.node.id, ())
+    if signer.public_key in listed:
+        print(f"# listed in {line.source}")
+        return 0
+    print(f"# NOT listed in {line.source} [nodes.keys]: peers refuse this node's events", file=sys.stderr)
+    return 1

@@ -275,6 +275,8 @@ class JobState:
     events: int = 0
     last_hlc: Timestamp | None = None
     closed_by: str = ""
+    heads: dict[str, int] = field(default_factory=dict)
+    last_node: str = ""
 
     @property
     def is_open(self) -> bool:
@@ -298,7 +300,13 @@ class JobState:
                 "steps": [s.to_json() for s in self.steps], "next_step": self.next_step,
                 "created_by": self.created_by, "closed_by": self.closed_by,
                 "conflicts": [c.to_json() for c in self.conflicts], "notes": list(self.notes),
-                "events": self.events, "last_hlc": self.last_hlc.to_json() if self.last_hlc else None}
+                "events": self.events, "last_hlc": self.last_hlc.to_json() if self.last_hlc else None,
+                "heads": dict(self.heads)}
+
+    def holds(self, heads: Mapping[str, int], vector: Mapping[str, int]) -> bool:
+        """Whether a node with version `vector` holds every event of a view of this job with
+        `heads` (highest seq per origin among the job's events in that view)."""
+        return all(vector.get(origin, 0) >= seq for origin, seq in heads.items())
 
 
 def fold(job: str, events: Iterable[Event]) -> JobState:
@@ -311,6 +319,9 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
             continue
         state.events += 1
         state.last_hlc = ev.hlc
+        state.last_node = ev.node
+        if ev.seq > state.heads.get(ev.origin, 0):
+            state.heads[ev.origin] = ev.seq
         if ev.type == "created":
             if created is None:
                 created = ev

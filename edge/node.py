@@ -390,14 +390,14 @@ class Node:
         state = self.store.job(job)
         if state is None or state.status == "unknown":
             return
-        if not self.sync.may_publish_job(job, state.events):
+        if not self.sync.may_publish_job(job, state.heads):
             self.unpublished_jobs.discard(job)
             return
         payload = json.dumps(state.to_json()).encode()
         if self.sync.publish(self.sync.topics.job(job), payload, retain=True) is None:
             self.unpublished_jobs.add(job)
         else:
-            self.sync.published_job(job, state.events)
+            self.sync.published_job(job, state.heads)
             self.unpublished_jobs.discard(job)
 
     def _jobs_to_republish(self) -> None:
@@ -431,6 +431,13 @@ class Node:
             # an operator elsewhere may have overridden our step; or this node's own history
             # is coming back from its peers after a store loss
             self._refresh_current_job()
+        if self.sync is not None and self.store is not None:
+            # the node of a job's latest event publishes the union once it holds it (one node,
+            # the same one everywhere: no storm of identical retained states)
+            for job in {e.job for e in events if e.job in self.sync.retained_jobs}:
+                state = self.store.job(job)
+                if state is not None and state.last_node == me:
+                    self.publish_job(job)
 
     # -- MQTT
     def _on_mqtt(self, event: Event) -> None:

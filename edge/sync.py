@@ -90,6 +90,7 @@ class Network(threading.Thread):
         self.client: mqtt.Client | None = None
         self.generation = 0
         self.connack = threading.Event()
+        self.jitter = random.Random()  # its own generator: not the shared one tests may seed
 
     def run(self) -> None:
         delay = self.min_delay
@@ -121,7 +122,7 @@ class Network(threading.Thread):
                         sock.close()
             if time.monotonic() - up_since > 10:
                 delay = self.min_delay
-            self.stopping.wait(delay * random.uniform(0.5, 1.5))
+            self.stopping.wait(delay * self.jitter.uniform(0.5, 1.5))
             delay = min(delay * 2, self.max_delay)
 
     def _loop(self, client: mqtt.Client, keepalive: int) -> None:
@@ -178,7 +179,7 @@ class Sync:
                          "forged": 0, "refused": 0, "repaired": 0, "connects": 0}
         self.refusals: dict[str, str] = {}  # cause -> broker's reason, logged once per cause
         self.refused_until = 0.0
-        self.retained_jobs: dict[str, int] = {}  # job -> events in the retained state seen
+        self.retained_jobs: dict[str, dict[str, int]] = {}  # job -> heads of the retained state seen
         self.republish_at: float | None = None
         self.last_vector_sent = 0.0
         self.vector_wanted = False
@@ -554,17 +555,19 @@ class Sync:
         if not payload:
             self.retained_jobs.pop(job, None)
             return
-        body = JOB.parse(payload)
-        events = body.get("events", 0)
-        if isinstance(events, int) and not isinstance(events, bool):
-            self.retained_jobs[job] = max(events, self.retained_jobs.get(job, 0))
+        self.retained_jobs[job] = parse_vector(JOB.parse(payload).get("heads", {}))
 
-    def may_publish_job(self, job: str, events: int) -> bool:
-        """True if a view of `events` events is newer than the retained state seen for `job`."""
-        return events > self.retained_jobs.get(job, 0)
+    def may_publish_job(self, job: str, heads: dict[str, int]) -> bool:
+        """True if this node holds every event of the retained state of `job` it saw, and has
+        more: a state published from here never drops an event a dashboard was shown."""
+        retained = self.retained_jobs.get(job)
+        if retained is None:
+            return True
+        mine = self.store.vector()
+        return heads != retained and all(mine.get(o, 0) >= n for o, n in retained.items())
 
-    def published_job(self, job: str, events: int) -> None:
-        self.retained_jobs[job] = max(events, self.retained_jobs.get(job, 0))
+    def published_job(self, job: str, heads: dict[str, int]) -> None:
+        self.retained_jobs[job] = dict(heads)
 
     def forget_job(self, job: str) -> None:
         self.retained_jobs.pop(job, None)

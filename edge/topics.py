@@ -128,6 +128,9 @@ JOB = Schema("job", (
                                     "step_contention, ...), for an operator to see"),
     Field("notes", list, False, "operators' notes, `node: text`"),
     Field("events", int, False, "how many ledger events the state folds"),
+    Field("heads", dict, False, "per origin, the highest seq among the job's events folded: a node "
+                                "publishes a job's state only from a view holding all of these, so "
+                                "the retained state never goes backwards"),
 ), {"job": "A7K2M9", "status": "in_progress", "product": "stand",
     "order": {"order_id": "A7K2M9", "product": "stand", "options": {"colour": "red", "text": "ANNA"},
               "issued_at": 1795305600, "expires_at": 0, "key_id": "example-1"},
@@ -135,7 +138,8 @@ JOB = Schema("job", (
                "on_route": True},
               {"step": "laser", "status": "running", "node": "laser-1", "attempts": 1, "reason": "",
                "on_route": True}],
-    "next_step": "printer", "conflicts": [], "notes": [], "events": 4}, MAX_EVENTS_PAYLOAD)
+    "next_step": "printer", "conflicts": [], "notes": [], "events": 4,
+    "heads": {"intake-1.5b0e17aa": 31, "laser-1.3f9a0c2e": 87}}, MAX_EVENTS_PAYLOAD)
 
 COMMAND = Schema("cmd", (
     Field("command", str, True, "a command name (see docs/console.md; `help` lists them)"),

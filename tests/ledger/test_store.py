@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import tempfile
 
 import pytest
@@ -252,3 +254,34 @@ def test_pi_rebooting_into_1970_still_knows_an_old_order_has_expired(tmp_path):
     with Store.open(tmp_path, "intake-1", wall=lambda: 0) as store:
         verdict = verify_order(signed(expires_at=NOW - 60), make_line(), store.best_time_s())
     assert verdict.reason == "expired"
+
+
+def _refuse_writes(monkeypatch, errno_: int = errno.ENOSPC):
+    """The disk refuses the next hot-set writes (the real-filesystem version of this runs a
+    node on a full tmpfs: tests/sync/test_ledger_integrity.py)."""
+    from edge import storage
+
+    def full(*_a, **_k):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(storage.HotStorage, "flush", full)
+
+
+def test_an_append_the_disk_refuses_leaves_no_trace_and_frees_its_seq(tmp_path, monkeypatch):
+    with Store.open(tmp_path, "intake-1") as store:
+        first = store.append("J1", "created", "intake", LAUNCH)
+        before = (store.vector(), store.outbox_ids(), [e.id for e in store.job_events("J1")])
+        with monkeypatch.context() as m:
+            _refuse_writes(m)
+            with pytest.raises(OSError) as refused:
+                store.append("J1", "note", "intake", {"text": "on a full disk"})
+            assert refused.value.errno == errno.ENOSPC
+            assert (store.vector(), store.outbox_ids(), [e.id for e in store.job_events("J1")]) == before
+            with pytest.raises(OSError):
+                store.ingest([event("laser-1", 1, "J1", "note", 5)])
+            assert store.vector() == before[0]  # the remote event comes back by anti-entropy
+        after = store.append("J1", "note", "intake", {"text": "space is back"})
+        assert after.id == f"{first.origin}:2"  # the refused event never existed
+    with Store.open(tmp_path, "intake-1") as store:
+        assert [e.id for e in store.job_events("J1")] == [first.id, after.id]
+        assert store.job("J1").notes == ["intake-1: space is back"]

@@ -1,8 +1,10 @@
-"""The shipped mosquitto configs: ACLs that keep each node to its own topics, and the cloud bridge."""
+"""The shipped mosquitto configs: ACLs that keep each node to its own topics, client ids bound to
+user names, and the cloud bridge."""
 
 from __future__ import annotations
 
 import json
+import re
 
 from mqttclient import TestClient
 from paho.mqtt.packettypes import PacketTypes
@@ -16,8 +18,24 @@ def client(port: int, user: str | None, password: str | None, client_id: str = "
     return TestClient(port, user, password, topics=(), client_id=client_id, clean=clean)
 
 
+def client_ids_of(broker: SimBroker, user: str) -> list[str]:
+    """The client ids the broker gave `user`'s connections, oldest first, from its connection log."""
+    return re.findall(rf"New client connected from \S+ as (\S+) \(.*u'{re.escape(user)}'\)", broker.read_log())
+
+
+def ask_ping(op: TestClient, node: str, tag: str) -> dict:
+    """Send `ping` to `node` over MQTT 5 as the operator and wait for its reply."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = f"fabrique/demo/node/{node}/cmd/response/{tag}"
+    props.CorrelationData = tag.encode()
+    op.subscribe(props.ResponseTopic)
+    op.publish(f"fabrique/demo/node/{node}/cmd", b'{"command": "ping"}', properties=props)
+    (_t, payload, _props), = op.wait_for(lambda t, _p: t == props.ResponseTopic)
+    return json.loads(payload)
+
+
 def test_a_node_cannot_publish_another_nodes_topics(broker):
-    watcher = client(broker.people_port, "dashboard", "pw-dashboard")
+    watcher = client(broker.people_port, "operator", "pw-operator")  # one connection per account
     laser = client(broker.port, "laser-1", password_of("laser-1"))
     dash = client(broker.people_port, "dashboard", "pw-dashboard")
     try:
@@ -117,3 +135,78 @@ def test_bridge_forwards_to_the_cloud_once_it_returns(tmp_path):
         node.kill()
         hub.kill()
         cloud.kill()
+
+
+def test_a_dashboard_using_a_nodes_client_id_cannot_kick_it_off(broker, line):
+    intake = line["intake-1"]
+    wait_until(lambda: intake.status()["mqtt"]["connected"])
+    connects = intake.status()["mqtt"]["connects"]
+    op = client(broker.people_port, "operator", "pw-operator")
+    try:
+        op.subscribe("fabrique/demo/node/intake-1/status")
+        intruder = client(broker.people_port, "dashboard", "pw-dashboard", client_id="intake-1")
+        try:
+            assert wait_until(lambda: client_ids_of(broker, "dashboard"), 10) == ["dashboard"]
+            assert ask_ping(op, "intake-1", "after-intruder") == {"ok": True, "result": "pong"}
+        finally:
+            intruder.close()
+        mqtt = intake.status()["mqtt"]
+        assert mqtt["connected"] and mqtt["connects"] == connects  # never thrown off
+        assert [json.loads(p)["state"] for p in op.on("fabrique/demo/node/intake-1/status")] == ["online"]
+        assert "Client intake-1 already connected" not in broker.read_log()
+    finally:
+        op.close()
+
+
+def test_a_node_account_cannot_take_another_nodes_client_id(broker, line):
+    intake = line["intake-1"]
+    wait_until(lambda: intake.status()["mqtt"]["connected"])
+    connects = intake.status()["mqtt"]["connects"]
+    op = client(broker.people_port, "operator", "pw-operator")
+    intruder = client(broker.port, "laser-1", password_of("laser-1"), client_id="intake-1")
+    try:
+        assert wait_until(lambda: client_ids_of(broker, "laser-1"), 10) == ["laser-1"]
+        assert intruder.publish("fabrique/demo/node/intake-1/state", b'{"state": "estop"}').is_failure
+        assert ask_ping(op, "intake-1", "after-intruder") == {"ok": True, "result": "pong"}
+        mqtt = intake.status()["mqtt"]
+        assert mqtt["connected"] and mqtt["connects"] == connects  # never thrown off
+        assert "Client intake-1 already connected" not in broker.read_log()
+    finally:
+        intruder.close()
+        op.close()
+
+
+def test_a_node_away_gets_its_queued_messages_back_even_if_a_dashboard_used_its_id(broker):
+    cmd = "fabrique/demo/node/intake-1/cmd"
+    node = TestClient(broker.port, "intake-1", password_of("intake-1"), topics=(cmd,), client_id="intake-1",
+                      clean=False)  # as edge/sync.py connects: clean_start off, a session expiry
+    node.close()  # the node is away; the broker keeps its session and queues for it
+    op = client(broker.people_port, "operator", "pw-operator")
+    try:
+        sent = [op.publish(cmd, json.dumps({"command": "ping", "id": n}).encode()) for n in range(3)]
+        assert not any(reason.is_failure for reason in sent)
+    finally:
+        op.close()
+    intruder = client(broker.people_port, "dashboard", "pw-dashboard", client_id="intake-1", clean=False)
+    intruder.close()
+    back = TestClient(broker.port, "intake-1", password_of("intake-1"), topics=(), client_id="intake-1",
+                      clean=False)  # no new subscription: what arrives was queued in its session
+    try:
+        wait_until(lambda: len(back.on(cmd)) == 3, 10, "the queued commands")
+        assert [json.loads(p)["id"] for p in back.on(cmd)] == [0, 1, 2]
+        assert intruder.seen == []
+    finally:
+        back.close()
+
+
+def test_two_tools_on_one_people_account_replace_each_other(broker):
+    first = client(broker.people_port, "dashboard", "pw-dashboard", client_id="grafana")
+    other = client(broker.people_port, "homeassistant", "pw-ha")  # its own account: no clash
+    try:
+        assert "already connected" not in broker.read_log()
+        second = client(broker.people_port, "dashboard", "pw-dashboard", client_id="mqtt-explorer")
+        second.close()
+        assert "Client dashboard already connected, closing old connection." in broker.read_log()
+    finally:
+        first.close()
+        other.close()

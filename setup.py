@@ -20,6 +20,7 @@ setup(
         "tinydb>=4.8",
         "cryptography>=41",
         "pynacl>=1.5",
+        "orjson>=3.9",
         "segno>=1.5",
         "zxing-cpp>=2.2",
         "pillow>=10",

@@ -8,9 +8,12 @@ Prints one JSON object:
   converge   six `edge run` processes; the broker is down while 10,000 events accumulate in
              their outboxes; seconds from broker start to all six holding all 10,000, and the
              events/s that makes
+  signatures what signing costs: Ed25519 sign and verify per event (us), and a store's ingest
+             of 10,000 signed events with and without verification (events/s, and the ratio)
+Every event is signed by its node and verified on ingest, as on a real line.
 Targets: handoff p99 <= 10x raw round-trip p99; 10,000 events converge in <= 5 s.
 
-usage: python bench/sync.py [--quick] [--json OUT]
+usage: python bench/sync.py [--quick] [--only PART] [--json OUT]
 """
 
 from __future__ import annotations
@@ -34,9 +37,17 @@ sys.path[:0] = [str(ROOT)]
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from edge.simline import SimBroker, SimNode, password_of  # noqa: E402
+from edge.clock import Timestamp  # noqa: E402
+from edge.ledger import Event, EventVerifier  # noqa: E402
+from edge.simline import SimBroker, SimNode, password_of, sim_signer  # noqa: E402
 from edge.store import Store  # noqa: E402
 from edge.sync import MqttLink, Sync  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -89,7 +100,8 @@ class LoopNode:
 
     def __init__(self, name: str, port: int, data: Path, applied: queue.Queue[tuple[str, float]] | None):
         self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.store = Store.open(data / name, name)
+        verifier = EventVerifier({n: [sim_signer(n).public_key] for n in ("intake-1", "laser-1")})
+        self.store = Store.open(data / name, name, signer=sim_signer(name), verifier=verifier)
         link = MqttLink("127.0.0.1", port, name, password_of(name), keepalive=5)
         on_ingest = None
         if applied is not None:
@@ -167,15 +179,16 @@ def bench_converge(total: int, tmp: Path) -> dict[str, float]:
         broker.stop()
         while any(n.status()["mqtt"]["connected"] for n in nodes):
             time.sleep(0.05)
-        per = -(-total // len(nodes))  # at least `total` in all
+        per = -(-total // len(nodes))  # at least `total` in all: a launch and per - 1 notes each
         progress(f"converge: broker down; {per} events on each of six nodes through their consoles")
-        threads = [threading.Thread(target=n.notes, args=(f"{n.name}-J", per)) for n in nodes]
+        threads = [threading.Thread(target=n.notes, args=(f"{n.name}-J", per - 1)) for n in nodes]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        expected = {n.name: per for n in nodes}
+        expected = {n.origin: per for n in nodes}
         progress("converge: broker up")
+        cpu0 = {n.name: cpu_seconds(n.proc.pid) for n in nodes}
         t0 = time.perf_counter()
         broker.start()
         while True:
@@ -186,6 +199,8 @@ def bench_converge(total: int, tmp: Path) -> dict[str, float]:
                 raise SystemExit(f"no convergence after 300 s: {vectors}")
             time.sleep(0.05)
         seconds = time.perf_counter() - t0
+        cpu = {n.name: round(cpu_seconds(n.proc.pid) - cpu0[n.name], 2) for n in nodes}
+        cpu["mosquitto"] = round(cpu_seconds(broker.proc.pid), 2)
         dup = sum(n.status()["mqtt"]["duplicates"] for n in nodes)
     finally:
         for n in nodes:
@@ -194,37 +209,70 @@ def bench_converge(total: int, tmp: Path) -> dict[str, float]:
     return {"events": per * len(nodes), "nodes": len(nodes), "seconds": round(seconds, 3),
             "events_per_s": round(per * len(nodes) / seconds, 1),
             "deliveries_per_s": round(per * len(nodes) * (len(nodes) - 1) / seconds, 1),
-            "duplicates_received": dup}
+            "duplicates_received": dup, "cpu_seconds": cpu}
+
+
+def bench_signatures(tmp: Path, total: int) -> dict[str, float]:
+    """Ed25519 per event, and what verification does to a store's ingest rate."""
+    signer = sim_signer("intake-1")
+    verifier = EventVerifier({"intake-1": [signer.public_key]})
+    now_ms = time.time_ns() // 1_000_000 - total  # a burst that just happened
+    plain = [Event(f"intake-1.0000cafe:{i + 1}", f"S{i % 50}", "note", "intake",
+                   Timestamp(now_ms + i, 0, "intake-1"), {"text": f"note {i}"}) for i in range(total)]
+    t0 = time.perf_counter()
+    signed = [signer.sign(e) for e in plain]
+    sign_us = (time.perf_counter() - t0) / total * 1e6
+    t0 = time.perf_counter()
+    assert all(verifier.check(e) is None for e in signed)
+    verify_us = (time.perf_counter() - t0) / total * 1e6
+    rates = {}
+    for label, v in (("without", None), ("with", verifier)):
+        with Store.open(tmp / f"ingest-{label}", "laser-1", verifier=v) as store:
+            t0 = time.perf_counter()
+            for start in range(0, total, 500):  # as MQTT batches arrive
+                report = store.ingest([e.to_json() for e in signed[start:start + 500]])
+                assert not report.forged
+            rates[label] = total / (time.perf_counter() - t0)
+    return {"sign_us": round(sign_us, 1), "verify_us": round(verify_us, 1), "events": total,
+            "ingest_per_s_without_verify": round(rates["without"]), "ingest_per_s_with_verify": round(rates["with"]),
+            "verify_slowdown": round(rates["without"] / rates["with"], 2)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples and 2,000 events (a smoke run)")
+    ap.add_argument("--only", choices=("latency", "converge", "signatures"),
+                    help="run one part (latency is raw and handoff together)")
     ap.add_argument("--json", metavar="OUT", help="also write the JSON to this file")
+    ap.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (node logs, ledgers)")
     args = ap.parse_args()
     samples = 200 if args.quick else 1000
+    total = 2000 if args.quick else 10_000
+    result: dict = {"bench": "sync", "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                    "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True,
+                                                text=True).stdout.split("\n")[0]}
+    targets: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmpdir:
-        tmp = Path(tmpdir)
-        names = ["intake-1", "laser-1"]
-        broker = SimBroker(tmp / "broker", users={n: password_of(n) for n in names}).start()
-        try:
-            progress("raw paho + mosquitto latency")
-            raw = bench_raw(broker, samples)
-            progress("handoff latency node A -> node B")
-            handoff = bench_handoff(broker, samples // 2, tmp)
-        finally:
-            broker.kill()
-        converge = bench_converge(2000 if args.quick else 10_000, tmp)
-    result = {
-        "bench": "sync", "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.split("\n")[0],
-        "raw": raw, "handoff": handoff, "converge": converge,
-        "targets": {
-            "handoff_p99_over_raw_round_trip_p99": round(handoff["p99_ms"] / raw["round_trip_p99_ms"], 2),
-            "handoff_ok": handoff["p99_ms"] <= 10 * raw["round_trip_p99_ms"],
-            "converge_ok": converge["seconds"] <= 5.0 and converge["events"] >= 10_000,
-        },
-    }
+        tmp = Path(args.keep or tmpdir)
+        if args.only in (None, "latency"):
+            names = ["intake-1", "laser-1"]
+            broker = SimBroker(tmp / "broker", users={n: password_of(n) for n in names}).start()
+            try:
+                progress("raw paho + mosquitto latency")
+                raw = result["raw"] = bench_raw(broker, samples)
+                progress("handoff latency node A -> node B")
+                handoff = result["handoff"] = bench_handoff(broker, samples // 2, tmp)
+            finally:
+                broker.kill()
+            targets["handoff_p99_over_raw_round_trip_p99"] = round(handoff["p99_ms"] / raw["round_trip_p99_ms"], 2)
+            targets["handoff_ok"] = handoff["p99_ms"] <= 10 * raw["round_trip_p99_ms"]
+        if args.only in (None, "converge"):
+            converge = result["converge"] = bench_converge(total, tmp)
+            targets["converge_ok"] = converge["seconds"] <= 5.0 and converge["events"] >= 10_000
+        if args.only in (None, "signatures"):
+            progress("signature cost")
+            result["signatures"] = bench_signatures(tmp, total)
+    result["targets"] = targets
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from nacl.bindings import crypto_sign_open
@@ -68,25 +69,25 @@ class Event:
     data: Mapping[str, Any] = field(default_factory=dict)
     sig: str = ""
 
-    @property
+    @cached_property
     def origin(self) -> str:
         """The numbering stream that issued the event: `<node>.<incarnation>` (before the ':')."""
         return self.id.rpartition(":")[0]
 
-    @property
+    @cached_property
     def node(self) -> str:
         """The node that recorded the event, whatever its incarnation."""
-        return node_of(self.id.rpartition(":")[0])
+        return node_of(self.origin)
 
-    @property
+    @cached_property
     def seq(self) -> int:
         """The origin's sequence number of the event (1, 2, 3... per node)."""
         return int(self.id.rpartition(":")[2])
 
-    @property
-    def key(self) -> tuple[Timestamp, str]:
-        """The sort key of the ledger: (hlc, id)."""
-        return (self.hlc, self.id)
+    @cached_property
+    def key(self) -> tuple[int, int, str, str]:
+        """The sort key of the ledger: (hlc, id), flattened so sorting compares plain tuples."""
+        return (self.hlc.wall_ms, self.hlc.counter, self.hlc.node, self.id)
 
     @property
     def step(self) -> str:
@@ -123,12 +124,6 @@ class Event:
         data = value.get("data", {})
         if not isinstance(data, Mapping):
             raise ValueError("event field 'data' must be an object")
-        try:
-            size = len(json.dumps(data, allow_nan=False, ensure_ascii=False).encode())
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"event data is not plain JSON: {exc}") from None
-        if size > MAX_DATA_BYTES:
-            raise ValueError(f"event data of {size} bytes exceeds {MAX_DATA_BYTES}")
         sig = value.get("sig", "")
         if not isinstance(sig, str) or len(sig) > 100:
             raise ValueError("event field 'sig' must be a base64 signature")
@@ -142,11 +137,18 @@ class Event:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
 
     def signed_bytes(self) -> bytes:
-        """What the origin node signs: every field but `sig`, in one byte-stable form."""
+        """What the origin node signs: every field but `sig`, in one byte-stable form.
+        Raises ValueError for data that is not plain JSON (NaN, infinities) or too large."""
         body = {"id": self.id, "job": self.job, "type": self.type, "station": self.station,
                 "hlc": self.hlc.to_json(), "data": self.data}
-        return SIG_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                       allow_nan=False).encode()
+        try:
+            out = SIG_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                          allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event data is not plain JSON: {exc}") from None
+        if len(out) > MAX_DATA_BYTES + 1024:
+            raise ValueError(f"event of {len(out)} bytes exceeds {MAX_DATA_BYTES + 1024}")
+        return out
 
 
 def event_id(origin: str, seq: int) -> str:
@@ -190,7 +192,10 @@ class EventVerifier:
             return "signature is not base64"
         if len(sig) != 64:
             return "signature is not 64 bytes"
-        signed = sig + event.signed_bytes()
+        try:
+            signed = sig + event.signed_bytes()
+        except ValueError as exc:
+            return str(exc)
         for key in keys:
             try:
                 crypto_sign_open(signed, key)

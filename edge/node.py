@@ -87,12 +87,14 @@ class Node:
         self.last_archive = time.monotonic()
         self.published_state: bytes | None = None
         self.unpublished_jobs: set[str] = set()
+        self.jobs_to_check: set[str] = set()
         self.commands = CommandSet()
         self.consoles: list[Any] = []
         NodeCommands(self)
         self.on("stop", self._on_stop)
         self.on("console_line", self._on_console_line)
-        for kind in ("mqtt_connected", "mqtt_disconnected", "mqtt_unreachable", "mqtt_puback", "mqtt_message"):
+        for kind in ("mqtt_connected", "mqtt_disconnected", "mqtt_unreachable", "mqtt_puback", "mqtt_suback",
+                     "mqtt_message"):
             self.on(kind, self._on_mqtt)
         self.on("safety", self._on_safety)
         self.on("scan", self._on_scan)
@@ -168,6 +170,7 @@ class Node:
                          self.session, window=mqtt.inflight, batch=mqtt.batch,
                          on_ingest=self._on_ingest, on_command=self._on_mqtt_command,
                          on_session=self._on_session, on_disk_error=self._disk_fault)
+        self.sync.backlog = lambda: not self.queue.empty()
         self.sync.extra_subscriptions.append(HA_STATUS_TOPIC)
         self.sync.message_hooks[HA_STATUS_TOPIC] = self._on_ha_status
         self.sync.on_connect_hooks += [self._announce, self.publish_state, self._jobs_to_republish]
@@ -300,6 +303,7 @@ class Node:
             self.sync.send_vector()  # lost archived events: ask the peers for them now
         if self.sync is not None:
             self.sync.tick()
+            self._publish_unions()
         if time.monotonic() - self.last_archive >= self.archive_every_s:
             self.last_archive = time.monotonic()
             self.archive()
@@ -431,13 +435,20 @@ class Node:
             # an operator elsewhere may have overridden our step; or this node's own history
             # is coming back from its peers after a store loss
             self._refresh_current_job()
-        if self.sync is not None and self.store is not None:
-            # the node of a job's latest event publishes the union once it holds it (one node,
-            # the same one everywhere: no storm of identical retained states)
-            for job in {e.job for e in events if e.job in self.sync.retained_jobs}:
-                state = self.store.job(job)
-                if state is not None and state.last_node == me:
-                    self.publish_job(job)
+        if self.sync is not None:
+            # checked once a tick, not per batch: a burst of events folds each job once
+            self.jobs_to_check.update(e.job for e in events if e.job in self.sync.retained_jobs)
+
+    def _publish_unions(self) -> None:
+        """The node of a job's latest event publishes the union once it holds it (one node,
+        the same one everywhere: no storm of identical retained states)."""
+        jobs, self.jobs_to_check = self.jobs_to_check, set()
+        if self.store is None or self.sync is None or not self.sync.connected:
+            return
+        for job in sorted(jobs):
+            state = self.store.job(job)
+            if state is not None and state.last_node == self.config.node.id:
+                self.publish_job(job)
 
     # -- MQTT
     def _on_mqtt(self, event: Event) -> None:

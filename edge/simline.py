@@ -136,7 +136,8 @@ class SimBroker:
     """
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
-                 people: dict[str, str] | None = None, extra: str = "", people_acl: str | None = None):
+                 people: dict[str, str] | None = None, extra: str = "", people_acl: str | None = None,
+                 nodes_acl: str | None = None):
         if not (SHIPPED / "hub.conf").exists():
             raise FileNotFoundError(f"{SHIPPED / 'hub.conf'} not found: run from a fabrique-edge checkout")
         self.dir = workdir
@@ -146,13 +147,13 @@ class SimBroker:
         self.log = self.dir / "mosquitto.log"
         self.conf = self.dir / "mosquitto.conf"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._write_conf(users or {}, people or {}, extra, people_acl)
+        self._write_conf(users or {}, people or {}, extra, people_acl, nodes_acl)
 
     def _write_conf(self, users: dict[str, str], people: dict[str, str], extra: str,
-                    people_acl: str | None) -> None:
+                    people_acl: str | None, nodes_acl: str | None) -> None:
         make_passwords(self.dir / "nodes.passwd", users)
         make_passwords(self.dir / "people.passwd", people)
-        shutil.copy(SHIPPED / "nodes.acl", self.dir / "nodes.acl")
+        (self.dir / "nodes.acl").write_text(nodes_acl or (SHIPPED / "nodes.acl").read_text())
         (self.dir / "people.acl").write_text(people_acl or (SHIPPED / "people.acl").read_text())
         ports = iter([self.port, self.people_port])
         lines = []

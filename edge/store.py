@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -140,7 +141,12 @@ class Store:
                 self._events[ev.id] = ev
                 self._by_job.setdefault(ev.job, set()).add(ev.id)
                 self._doc_ids[ev.id] = doc.doc_id
-        self._outbox = {doc.get("id"): doc.doc_id for doc in self.db.table("outbox").all()}
+        # id -> (doc id, event), oldest first: the drain reads it on every acknowledgement
+        self._outbox: dict[str, tuple[int, Event]] = {}
+        for doc in sorted(self.db.table("outbox").all(), key=lambda d: d.doc_id):
+            ev = self._stored(Event.from_json, doc, "outbox event")
+            if ev is not None:
+                self._outbox[ev.id] = (doc.doc_id, ev)
         if self.readonly:
             return
         self._finish_interrupted_archive()
@@ -226,11 +232,12 @@ class Store:
         plain = json.loads(json.dumps(dict(data or {}), allow_nan=False))  # what peers will parse
         ev = Event.from_json({"id": event_id(self.origin, seq), "job": job, "type": type, "station": station,
                               "hlc": self.clock.tick(self.wall()).to_json(), "data": plain})
+        ev.signed_bytes()  # raises ValueError for data too large to replicate
         if self.signer is not None:
             ev = self.signer.sign(ev)
         with self._writing():
             self._store(ev)
-            self._outbox[ev.id] = self.db.table("outbox").insert(ev.to_json())
+            self._outbox[ev.id] = (self.db.table("outbox").insert(ev.to_json()), ev)
             self._save()
         return ev
 
@@ -269,15 +276,13 @@ class Store:
         return report
 
     def outbox_peek(self, limit: int = 100) -> list[Event]:
-        """The oldest local events not yet acknowledged by the broker, in seq order."""
-        oldest = sorted(self._outbox, key=lambda i: int(i.rpartition(":")[2]))[:limit]
-        table = self.db.table("outbox")
-        return [Event.from_json(table.get(doc_id=self._outbox[i])) for i in oldest]
+        """The oldest local events not yet acknowledged by the broker, in the order recorded."""
+        return [ev for _doc, ev in itertools.islice(self._outbox.values(), limit)]
 
     def outbox_ack(self, ids: Iterable[str]) -> int:
         """Drop acknowledged events from the outbox; returns how many were there."""
         with self._writing():
-            doc_ids = [self._outbox.pop(i) for i in ids if i in self._outbox]
+            doc_ids = [self._outbox.pop(i)[0] for i in ids if i in self._outbox]
             if doc_ids:
                 self.db.table("outbox").remove(doc_ids=doc_ids)
         return len(doc_ids)
@@ -389,6 +394,10 @@ class Store:
             return "claims this store's own incarnation, which issued no such event"
         if self.verifier is not None:
             return self.verifier.check(ev)
+        try:
+            ev.signed_bytes()  # plain JSON of a bounded size, even where signatures are not checked
+        except ValueError as exc:
+            return str(exc)
         return None
 
     def _rebuild_vector(self) -> None:

@@ -55,6 +55,7 @@ GRACE_S = 2.0  # an event acked this recently may still be on its way to a peer:
 RESEND_AFTER_S = 10.0  # a range re-sent to everyone is not re-sent again for this long
 REFUSED_RETRY_S = 5.0  # after the broker refused a publish, the drain waits this long
 MAX_VECTOR_ORIGINS = 4096
+BACKLOG_WAIT_S = 10.0
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Peer:
     online: bool = False
     session: int = -1
     vector: dict[str, int] = field(default_factory=dict)
+    vector_seen: bool = False
 
 
 class Network(threading.Thread):
@@ -165,6 +167,8 @@ class Sync:
         self.on_command = on_command
         self.on_session = on_session
         self.on_disk_error = on_disk_error
+        self.backlog: Callable[[], bool] = lambda: False  # the node says when its queue is not empty
+        self.resumed = False  # the broker kept our session: what we missed is queued for us
         self.topics = Topics(line)
         self.network = Network(self)
         self.connected_gen = 0
@@ -282,6 +286,7 @@ class Sync:
             log.warning("broker %s:%d refused the connection: %s", self.link.host, self.link.port, data["reason"])
             return
         self.connected_gen = data["gen"]
+        self.resumed = data.get("session_present", False)
         self.counters["connects"] += 1
         self.inflight.clear()
         self.inflight_ids.clear()
@@ -380,10 +385,14 @@ class Sync:
 
     # -- anti-entropy
     def send_vector(self, ask: bool = False) -> None:
-        """Publish our version vector; `ask` asks every peer to answer with theirs (on connect)."""
+        """Publish our version vector; `ask` asks every peer to answer with theirs (on connect).
+        What arrived but is not written yet is written first: the vector says all we hold."""
+        self.flush()
         payload: dict[str, Any] = {"v": PAYLOAD_VERSION, "vector": self.store.vector(), "session": self.session}
         if ask:
             payload["ask"] = True
+            if self.resumed:
+                payload["resumed"] = True
         log.debug("vector out%s: %s", " (asking)" if ask else "", payload["vector"])
         if self.publish(self.topics.sync(self.node), json.dumps(payload).encode()) is not None:
             self.last_vector_sent = time.monotonic()
@@ -396,7 +405,11 @@ class Sync:
             self.republish_at = None
             for hook in self.after_connect_hooks:
                 hook()
-        if self.connected:
+        # a node with a backlog of messages to apply would advertise a vector that lags what
+        # it is about to hold, and bring duplicates on itself: it answers once caught up
+        # (or after BACKLOG_WAIT_S, whatever happens)
+        caught_up = not self.backlog() or now - self.last_vector_sent > BACKLOG_WAIT_S
+        if self.connected and caught_up:
             stalled = now - self.vector_changed_at > GRACE_S and self._peers_ahead()
             if (self.vector_wanted or now - self.last_vector_sent >= self.resync_s
                     or (stalled and now - self.last_vector_sent > GRACE_S)):
@@ -425,15 +438,23 @@ class Sync:
         holders = sorted([n for n, have in candidates if have == best] + ([self.node] if mine == best else []))
         return bool(holders) and holders[0] == self.node
 
-    def _peer_vector(self, peer: str, vector: dict[str, int]) -> None:
-        """A peer told us what it holds: re-send, to everyone, what it lacks and we answer for."""
-        self.peers.setdefault(peer, Peer()).vector = vector
+    def _peer_vector(self, peer: str, vector: dict[str, int], resumed: bool = False) -> None:
+        """A peer told us what it holds: re-send, to everyone, what it lacks and we answer for.
+
+        An origin the peer's vector advanced on since its last one is still arriving there
+        (from the broker's queue, or its own busy loop): re-sending it would only duplicate."""
+        entry = self.peers.setdefault(peer, Peer())
+        seen, before = entry.vector_seen, entry.vector
+        entry.vector, entry.vector_seen = vector, True
+        if resumed:  # the broker is delivering what it missed: judge by its next vector
+            return
         mine = self.store.vector()
         log.debug("vector from %s: %s (mine %s)", peer, vector, mine)
         now = time.monotonic()
         floor = {o: UNREACHED for o in mine}
         for origin, have in mine.items():
-            if have > vector.get(origin, 0) and self._responsible_for(origin, peer):
+            arriving = seen and vector.get(origin, 0) > before.get(origin, 0)
+            if have > vector.get(origin, 0) and not arriving and self._responsible_for(origin, peer):
                 upto, when = self.repaired.get(origin, (0, 0.0))
                 floor[origin] = max(vector.get(origin, 0), upto if now - when < RESEND_AFTER_S else 0)
         if all(f == UNREACHED for f in floor.values()):
@@ -472,7 +493,7 @@ class Sync:
                     if body.get("ask") is True:
                         # a peer just (re)connected and may have missed our vector: answer it
                         self.vector_wanted = True
-                    self._peer_vector(who, parse_vector(body["vector"]))
+                    self._peer_vector(who, parse_vector(body["vector"]), body.get("resumed") is True)
             elif kind == "status":
                 self._status_seen(who, payload)
             elif kind == "job":
@@ -487,6 +508,9 @@ class Sync:
         log.warning("dropped a message on %s: %s", topic[:200], why[:300])
 
     def _events(self, body: dict[str, Any]) -> None:
+        # events arriving is progress: a node busy ingesting a burst is not stalled, and
+        # asking peers again then would only bring duplicates of what is in its queue
+        self.vector_changed_at = time.monotonic()
         self.received.extend(body["events"])
         if len(self.received) >= 5000:
             self.flush()

@@ -112,6 +112,8 @@ SYNC = Schema("sync", (
                                 "(`<node>.<incarnation>`)"),
     Field("session", int, False, "the sender's session"),
     Field("ask", bool, False, "true when the sender just connected: every peer answers with its vector"),
+    Field("resumed", bool, False, "with `ask`: the broker kept the sender's session, so what it missed is "
+                                  "being delivered; peers wait for its next vector before re-sending"),
 ), {"v": 1, "vector": {"intake-1.5b0e17aa": 120, "laser-1.3f9a0c2e": 87}, "session": 12, "ask": True})
 
 JOB = Schema("job", (

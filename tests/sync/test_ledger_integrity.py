@@ -162,6 +162,29 @@ def test_publishes_the_broker_refuses_stay_in_the_outbox_until_it_takes_them(tmp
     assert set(made) <= set(intake.ledger_ids())
 
 
+def test_a_refused_subscription_is_logged_once_and_shown(tmp_path, caplog):
+    """Mosquitto 2.0 grants every subscription and filters on delivery, so no broker here can
+    refuse one: paho's own SUBACK callback is fed the refusal another broker would send."""
+    from paho.mqtt.packettypes import PacketTypes as P
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edge.store import Store
+    from edge.sync import MqttLink, Sync
+
+    posted = []
+    with Store.open(tmp_path / "data", "laser-1") as store:
+        sync = Sync("laser-1", "demo", "laser", MqttLink("127.0.0.1", 1), store, lambda k, d: posted.append((k, d)),
+                    session=1)
+        client = sync.make_client(sync.network.generation)
+        refused = [ReasonCode(P.SUBACK, "Granted QoS 1"), ReasonCode(P.SUBACK, "Not authorized")]
+        for _ in range(3):
+            client.on_subscribe(client, None, 7, refused, None)
+        for kind, data in posted:
+            sync.handle(kind, data)
+    assert sync.status()["refusals"] == {"subscribe": "Not authorized"}
+    assert sum("refused a subscribe" in r.message for r in caplog.records) == 1  # once per cause
+
+
 # ---------------------------------------------------------------- 3 and 1d: forgeries
 
 def test_a_node_account_cannot_rewrite_another_nodes_job_nor_push_its_numbering(broker, line):

@@ -13,7 +13,7 @@ from typing import Any
 from edge.config import HardwareConfig
 from edge.hw.camera import FileCamera, PiCamera, make_camera
 from edge.hw.gpio import HardwareError, Input, Output, SafetyCircuit, make_pin_factory
-from edge.hw.scanner import Scanner
+from edge.hw.scanner import Scanner, make_scanner
 from edge.hw.serialport import SerialDevice, port_identity
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,9 @@ class Board:
                 self.faults[dev.name] = str(exc)
             self.cameras[dev.name] = camera
         elif dev.type == "scanner":
-            scanner = Scanner(dev, lambda name, text: self.post("scan", {"device": name, "text": text}))
+            scanner = make_scanner(dev, lambda name, text: self.post("scan", {"device": name, "text": text}),
+                                   lambda name, fault: self.post("device_fault", {"device": name, "fault": fault}),
+                                   cameras=self.cameras)
             scanner.open()
             if scanner.fault:
                 self.faults[dev.name] = scanner.fault

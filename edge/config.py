@@ -35,10 +35,11 @@ HARDWARE_TYPES = (
 OUTPUT_TYPES = ("digital_output",)
 SERIAL_PROTOCOLS = ("framed", "grbl", "marlin", "raw")
 CAMERA_SOURCES = ("picamera2", "file")
-SCANNER_SOURCES = ("serial", "file")
+SCANNER_SOURCES = ("serial", "evdev", "camera", "file")
 PIN_FACTORIES = ("default", "lgpio", "rpigpio", "pigpio", "native", "mock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OPTION_KINDS = ("choice", "text", "integer")
+LIGHT_ROLES = ("green", "amber", "red", "buzzer")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 NAME_RULE = "1-32 characters: lowercase letters, digits, '-' and '_', starting with a letter or digit"
 
@@ -83,6 +84,7 @@ class StationSection:
     kind: str
     title: str
     options: Any = None
+    lights: dict[str, str] = field(default_factory=dict)  # green/amber/red/buzzer -> output device
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class HardwareConfig:
     source: str | None = None
     path: Path | None = None
     resolution: tuple[int, int] = (1640, 1232)
+    camera: str | None = None  # a camera scanner: the [hardware.<camera>] it reads frames from
+    interval_ms: int = 200
 
     @property
     def is_output(self) -> bool:
@@ -198,6 +202,7 @@ def load_station(path: str | Path) -> StationConfig:
     mqtt = _read_mqtt(doc, node)
     station = _read_station(doc)
     hardware = _read_hardware(doc)
+    _check_lights(doc, station, hardware)
     console = _read_console(doc, hardware)
     doc.finish_top(("node", "mqtt", "station", "hardware", "console"))
     doc.raise_if_issues()
@@ -256,6 +261,8 @@ def _read_station(doc: Document) -> StationSection:
     s = doc.section("station")
     kind = s.get_str("kind", choices=STATION_KINDS)
     title = s.get_str("title", kind or "")
+    lights = {role: name for role in LIGHT_ROLES if (name := s.get_str(f"light_{role}" if role != "buzzer"
+                                                                      else "buzzer", None))}
     options = None
     if kind:
         try:
@@ -266,7 +273,18 @@ def _read_station(doc: Document) -> StationSection:
         if reader is not None:
             options = reader(s)
     s.finish()
-    return StationSection(kind or "", title or "", options)
+    return StationSection(kind or "", title or "", options, lights)
+
+
+def _check_lights(doc: Document, station: StationSection, hardware: dict[str, HardwareConfig]) -> None:
+    s = doc.section("station")
+    for role, name in station.lights.items():
+        key = "buzzer" if role == "buzzer" else f"light_{role}"
+        device = hardware.get(name)
+        if device is None:
+            s.issue(key, f"no device [hardware.{name}]{did_you_mean(name, hardware)}")
+        elif device.type != "digital_output":
+            s.issue(key, f"[hardware.{name}] is a {device.type}, not a digital_output")
 
 
 def _read_hardware(doc: Document) -> dict[str, HardwareConfig]:
@@ -336,7 +354,16 @@ def _read_device(s: Section, name: str) -> HardwareConfig | None:
         if fields["source"] == "serial":
             fields["port"] = s.get_str("port")
             fields["baudrate"] = s.get_int("baudrate", 9600, 300, 4_000_000)
-        else:
+        elif fields["source"] == "camera":
+            camera = s.get_str("camera")
+            top = s.doc.source.data.get("hardware")
+            cameras = [n for n, d in top.items() if isinstance(d, dict) and d.get("type") == "camera"]
+            if camera is not None and camera not in cameras:
+                s.issue("camera", f"no camera device [hardware.{camera}] in this file "
+                                  f"(cameras: {', '.join(cameras) or 'none'}){did_you_mean(camera, cameras)}")
+            fields["camera"] = camera
+            fields["interval_ms"] = s.get_int("interval_ms", 200, 20, 60_000)
+        else:  # evdev (a /dev/input/by-id/...-event-kbd node) or file
             fields["path"] = s.get_path("path")
     s.finish()
     return HardwareConfig(name=name, type=kind, **{k: v for k, v in fields.items() if v is not None})

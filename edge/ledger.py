@@ -17,7 +17,13 @@ state (`JobState.conflicts`) so the line sees them:
 - `duplicate_launch`: the same order was launched twice (two intakes, offline);
 - `step_contention`: a step was started by a second station while the first held it;
 - `event_after_close`: a step or a second closing event came after the job was closed;
-- `step_repeated`: a step was started again after it was done.
+- `step_repeated`: a step was started again after it was done;
+- `carrier_changed`: the job was bound to a second carrier.
+
+A step's life: `step_arrived` (the part reached the station: the job's `position`), then
+`step_started`, any `step_progress` (percent), and `step_done` or `step_failed` (reason);
+`step_skipped` and `override` are an operator's. `carrier` binds the job to the carrier
+(tray) it travels on.
 """
 
 from __future__ import annotations
@@ -37,9 +43,9 @@ from nacl.signing import SigningKey
 
 from edge.clock import Timestamp
 
-EVENT_TYPES = ("created", "step_started", "step_done", "step_failed", "step_skipped",
-               "override", "cancelled", "completed", "note")
-STEP_TYPES = ("step_started", "step_done", "step_failed", "step_skipped")
+EVENT_TYPES = ("created", "carrier", "step_arrived", "step_started", "step_progress", "step_done",
+               "step_failed", "step_skipped", "override", "cancelled", "completed", "note")
+STEP_TYPES = ("step_arrived", "step_started", "step_progress", "step_done", "step_failed", "step_skipped")
 STEP_STATUSES = ("pending", "running", "done", "failed", "skipped")
 CLOSED = ("completed", "cancelled")
 
@@ -255,10 +261,14 @@ class StepState:
     attempts: int = 0
     reason: str = ""
     on_route: bool = True
+    progress: int | None = None
+    started_ms: int = 0
+    ended_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "status": self.status, "node": self.node,
-                "attempts": self.attempts, "reason": self.reason, "on_route": self.on_route}
+                "attempts": self.attempts, "reason": self.reason, "on_route": self.on_route,
+                "progress": self.progress, "started_ms": self.started_ms, "ended_ms": self.ended_ms}
 
 
 @dataclass
@@ -282,6 +292,8 @@ class JobState:
     closed_by: str = ""
     heads: dict[str, int] = field(default_factory=dict)
     last_node: str = ""
+    carrier: str = ""
+    position: str = ""
 
     @property
     def is_open(self) -> bool:
@@ -306,7 +318,7 @@ class JobState:
                 "created_by": self.created_by, "closed_by": self.closed_by,
                 "conflicts": [c.to_json() for c in self.conflicts], "notes": list(self.notes),
                 "events": self.events, "last_hlc": self.last_hlc.to_json() if self.last_hlc else None,
-                "heads": dict(self.heads)}
+                "heads": dict(self.heads), "carrier": self.carrier, "position": self.position}
 
     def holds(self, heads: Mapping[str, int], vector: Mapping[str, int]) -> bool:
         """Whether a node with version `vector` holds every event of a view of this job with
@@ -337,6 +349,12 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
         elif ev.type == "note":
             text = ev.data.get("text", "")
             state.notes.append(f"{ev.node}: {text}")
+        elif ev.type == "carrier":
+            carrier = ev.data.get("carrier")
+            if isinstance(carrier, str) and state.carrier not in ("", carrier):
+                state.conflicts.append(Conflict("carrier_changed", "", ev.id,
+                                                detail=f"{ev.node} moved the job from {state.carrier} to {carrier}"))
+            state.carrier = carrier if isinstance(carrier, str) else ""
         elif ev.type in CLOSED:
             if not closed:
                 closed = True
@@ -392,6 +410,16 @@ def _step(state: JobState, name: str) -> StepState:
 def _apply_step(state: JobState, ev: Event) -> None:
     step = _step(state, ev.step)
     node = ev.node
+    if ev.type == "step_arrived":
+        state.position = step.step
+        return
+    if ev.type == "step_progress":
+        percent = ev.data.get("percent")
+        if step.status == "running" and isinstance(percent, int) and not isinstance(percent, bool):
+            step.progress = max(0, min(100, percent))
+        return
+    if ev.type in ("step_started", "step_done", "step_failed"):
+        state.position = step.step
     if ev.type == "step_started":
         if step.status == "running" and step.node != node:
             state.conflicts.append(Conflict("step_contention", step.started_by, ev.id, step.step,
@@ -404,8 +432,10 @@ def _apply_step(state: JobState, ev: Event) -> None:
         if step.status != "running":
             step.attempts += 1
         step.status, step.node, step.started_by, step.reason = "running", node, ev.id, ""
+        step.started_ms, step.progress = ev.hlc.wall_ms, 0
     elif ev.type == "step_done":
         step.status, step.node, step.reason = "done", node, ""
+        step.ended_ms, step.progress = ev.hlc.wall_ms, 100
     elif ev.type == "step_failed":
         if step.status == "done":
             state.conflicts.append(Conflict("step_repeated", step.started_by or step.node, ev.id, step.step,
@@ -413,6 +443,7 @@ def _apply_step(state: JobState, ev: Event) -> None:
             return
         step.status, step.node = "failed", node
         step.reason = str(ev.data.get("reason", ""))
+        step.ended_ms = ev.hlc.wall_ms
     elif ev.type == "step_skipped":
         step.status, step.node = "skipped", node
         step.reason = str(ev.data.get("reason", ""))

@@ -100,6 +100,7 @@ class Node:
         self.on("scan", self._on_scan)
         self.on("input", self._on_input)
         self.on("drive", self._on_drive)
+        self.on("device_fault", self._on_device_fault)
 
     # -- adapters' side (any thread, signal handlers included)
     def post(self, kind: str, data: dict[str, Any] | None = None) -> None:
@@ -200,26 +201,44 @@ class Node:
         except ImportError:
             log.info("no station module for kind %r yet: running the generic station", kind)
             return
-        loader = getattr(module, "load", None)
-        if loader is None:
-            return
+        from edge.engine import Boot, Engine, StationInfo
+
         try:
-            self.station = loader(self)
+            machine = module.machine(self.config.station.options, StationInfo(
+                self.config.node.id, kind, {n: d.type for n, d in self.config.hardware.items()}))
+            self.station = Engine(self, machine)
         except Exception as exc:  # a station that cannot load is a fault, not a crash of the node
             log.exception("station %r failed to load", kind)
             self.station = None
             self.board.faults["station"] = f"station {kind!r} failed to load: {exc}"
+            return
+        self.station.feed(Boot())
 
     def _update_state(self) -> None:
         tripped = self.board.tripped()
+        engine = self.station
         if tripped:
             self.state, self.reason = ESTOP, f"safety circuit open: {', '.join(tripped)}"
-        elif self.board.faults:
-            self.state, self.reason = FAULT, "; ".join(f"{k}: {v}" for k, v in self.board.faults.items())
+        elif engine is not None and engine.latched:
+            self.state, self.reason = ESTOP, "emergency stop released: `reset` at the console to go on"
+        elif self.board.faults or (engine is not None and engine.fault):
+            faults = {**self.board.faults, **({"station": engine.fault} if engine is not None and engine.fault else {})}
+            self.state, self.reason = FAULT, "; ".join(f"{k}: {v}" for k, v in faults.items())
+        elif engine is not None and engine.mode == "manual":
+            self.state, self.reason = MANUAL, "manual mode: an operator drives the station"
         elif self.current_job is not None:
             self.state, self.reason = BUSY, None
-        elif self.state in (STARTING, ESTOP, FAULT, BUSY):
+        else:
             self.state, self.reason = IDLE, None
+
+    def drive_now(self, device: str, value: bool) -> str | None:
+        """Set an output from the loop (station logic, lamps); returns why it was refused, if it was."""
+        try:
+            self.board.drive(device, bool(value))
+        except (KeyError, SafetyInterlock) as exc:
+            log.debug("drive %s refused: %s", device, exc)
+            return str(exc)
+        return None
 
     def _refresh_current_job(self) -> None:
         """The job whose step this node is running, from the ledger (so it survives a restart)."""
@@ -301,6 +320,10 @@ class Node:
                 self._update_state()
         if self.store is not None and self.store.audit() and self.sync is not None:
             self.sync.send_vector()  # lost archived events: ask the peers for them now
+        if self.station is not None:
+            from edge.engine import Tick
+
+            self.station.feed(Tick())
         if self.sync is not None:
             self.sync.tick()
             self._publish_unions()
@@ -353,6 +376,16 @@ class Node:
             if reply is not None:
                 reply(str(exc))
 
+    def _on_device_fault(self, event: Event) -> None:
+        """A device went away or came back (a scanner unplugged, a camera with no frames)."""
+        name, fault = event.data["device"], event.data.get("fault")
+        if fault:
+            self.board.faults[name] = fault
+        elif self.board.faults.pop(name, None) is not None:
+            log.info("%s is back: fault cleared", name)
+        self._update_state()
+        self.publish_state()
+
     def _on_input(self, event: Event) -> None:
         log.debug("input %s -> %s", event.data["device"], event.data["value"])
 
@@ -370,11 +403,19 @@ class Node:
             raise LedgerWriteError(f"the ledger could not be written ({exc.strerror or exc}): "
                                    f"nothing was recorded") from None
         self.counters["events"] += 1
+        self.post("ledger_changed", {"jobs": [job]})  # the station hears of it after this action
         self._refresh_current_job()
         self.publish_job(job)
         if self.sync is not None:
             self.sync.drain()
         return event
+
+    def record_operator(self, action: str, detail: dict[str, Any]) -> None:
+        """An operator action that is about the station, not a job: logged and counted (the
+        ledger holds job events; station events go to the journal and the state topic)."""
+        self.counters[f"operator_{action}"] = self.counters.get(f"operator_{action}", 0) + 1
+        log.warning("operator: %s %s", action, detail)
+        self.publish_state()
 
     def _disk_fault(self, exc: OSError) -> None:
         if "disk" not in self.board.faults:
@@ -430,6 +471,7 @@ class Node:
 
     def _on_ingest(self, events: list[LedgerEvent]) -> None:
         self.counters["events_in"] += len(events)
+        self.post("ledger_changed", {"jobs": sorted({e.job for e in events})})
         me = self.config.node.id
         if any(e.job == self.current_job or e.node == me for e in events):
             # an operator elsewhere may have overridden our step; or this node's own history

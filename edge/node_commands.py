@@ -44,6 +44,14 @@ class NodeCommands:
             Param("reason", required=False, rest=True), local_only=True)
         add("cancel", "cancel a job", self._cmd_close("cancelled"), Param("job"),
             Param("reason", required=False, rest=True), local_only=True)
+        add("mode", "auto: the station works by itself; manual: an operator drives it", self._cmd_mode,
+            Param("mode", help="auto or manual"), local_only=True)
+        add("reset", "clear a fault, or go on after a released emergency stop (nothing restarts by itself)",
+            self._cmd_reset, local_only=True)
+        add("retry", "set this station's failed step of a job back to pending, to be done again", self._cmd_retry,
+            Param("job"), local_only=True)
+        add("skip", "skip this station's step of a job, with a reason", self._cmd_skip,
+            Param("job"), Param("reason", rest=True), local_only=True)
         add("drive", "set an output (manual override; refused while a safety circuit is open)",
             self._cmd_drive, Param("device", help="output name"), Param("value", bool, help="on or off"),
             local_only=True)
@@ -116,6 +124,44 @@ class NodeCommands:
             raise CommandError("MQTT is disabled on this node")
         self.node.sync.send_vector()
         return {"connected": self.node.sync.connected, "vector": self.node.store.vector() if self.node.store else {}}
+
+    def _engine(self) -> Any:
+        if self.node.station is None:
+            raise CommandError(f"no station logic for kind {self.node.config.station.kind!r} on this node")
+        return self.node.station
+
+    def _cmd_mode(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args["mode"] not in ("auto", "manual"):
+            raise CommandError(f"mode {args['mode']!r} is not auto or manual")
+        result = self._engine().set_mode(args["mode"])
+        self.node.record_operator("mode", result)
+        return result
+
+    def _cmd_reset(self, _args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result = self._engine().reset()
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.node.record_operator("reset", result)
+        return result
+
+    def _cmd_retry(self, args: dict[str, Any]) -> dict[str, Any]:
+        state = self._job_or_fail(args["job"])
+        kind = self.node.config.station.kind
+        step = state.step(kind)
+        if step is None or step.status not in ("failed", "running"):
+            raise CommandError(f"{kind} step of {args['job']} is {step.status if step else 'not on its route'}: "
+                               f"only a failed or stuck step is retried")
+        self.node.record(args["job"], "override", {"step": kind, "to": "pending", "reason": "retry by operator"})
+        return self._job_or_fail(args["job"]).to_json()
+
+    def _cmd_skip(self, args: dict[str, Any]) -> dict[str, Any]:
+        state = self._job_or_fail(args["job"])
+        if not state.is_open:
+            raise CommandError(f"job {args['job']} is already {state.status}")
+        self.node.record(args["job"], "step_skipped", {"step": self.node.config.station.kind,
+                                                       "reason": args["reason"], "manual": True})
+        return self._job_or_fail(args["job"]).to_json()
 
     def _cmd_drive(self, args: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -219,6 +219,11 @@ class SimBroker:
         return self.proc is not None and self.proc.poll() is None
 
 
+SIM_STATION_KEYS = {  # what a simulated station of a kind needs besides its kind
+    "intake": 'carriers = [' + ", ".join(f'"T{n:02d}"' for n in range(1, 41)) + ']\nmax_open_jobs = 40\n',
+}
+
+
 def station_text(name: str, kind: str, data_dir: Path, port: int, password_file: Path,
                  keepalive: int = 2, protocol: str = "5", mqtt_extra: str = "", hardware: str = "",
                  line_file: Path | None = None, log_level: str = "info", key_file: Path | None = None,
@@ -244,7 +249,7 @@ protocol = "{protocol}"
 {mqtt_extra}
 [station]
 kind = "{kind}"
-
+{SIM_STATION_KEYS.get(kind, "")}
 [console]
 stdin = true
 {hardware}"""

@@ -82,6 +82,7 @@ host = "127.0.0.1"
 port = {free_port()}
 [station]
 kind = "intake"
+carriers = ["T01", "T02"]
 """)
     n = Node(load_station(station), load_line(line_file))
     n.start()  # the broker port is closed: the network thread keeps retrying, harmlessly

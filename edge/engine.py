@@ -1,0 +1,263 @@
+"""The station engine: runs a station kind's pure machine on the node loop.
+
+    scanners, pins, ledger, clock ──▶ Node loop ──▶ Engine.feed(event)
+                                                      │ View: now, mode, open jobs, carriers, inputs
+                                                      ▼
+                              machine.handle(event, view) -> [Action]    stations/<kind>.py, pure
+                                                      │
+               outputs, ledger events, lamps, fault ◀─┘ Engine.apply(actions)
+
+A station module `stations/<kind>.py` gives `read_config(section)` (its `[station]` keys,
+typed, with located errors) and `machine(options, info)`, a pure state machine: events in,
+actions out, `now` passed in, no I/O. The engine owns everything station-agnostic: the mode
+(`auto` or `manual`: in manual the machine is not fed, an operator drives), the stack light and
+buzzer, the latch of a released emergency stop (nothing restarts by itself: `reset`), the
+operator's `mode`, `reset`, `retry` and `skip`, and a machine that raises (a station fault,
+never a crash of the node).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge.config import LineConfig
+from edge.ledger import JobState
+
+if TYPE_CHECKING:
+    from edge.node import Node
+
+log = logging.getLogger(__name__)
+FLASH_S = 2.0
+
+
+# ---------------------------------------------------------------- events (into a machine)
+
+@dataclass(frozen=True)
+class Boot:
+    """The station starts (also after a power cut): steps it was running may need a rule."""
+
+
+@dataclass(frozen=True)
+class Scan:
+    device: str
+    text: str
+
+
+@dataclass(frozen=True)
+class InputChanged:
+    device: str
+    value: bool
+
+
+@dataclass(frozen=True)
+class Tick:
+    """About once a second: timeouts (jams, lockers, lamps) are decided here."""
+
+
+@dataclass(frozen=True)
+class LedgerChanged:
+    jobs: frozenset[str]
+
+
+@dataclass(frozen=True)
+class SafetyChanged:
+    tripped: bool
+
+
+# ---------------------------------------------------------------- actions (out of a machine)
+
+@dataclass(frozen=True)
+class Drive:
+    device: str
+    value: bool
+
+
+@dataclass(frozen=True)
+class Record:
+    """A ledger event for a job (durable before the next action runs)."""
+
+    job: str
+    type: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Flash:
+    """Light one lamp of the stack light (green, amber, red) for a moment: a visitor's answer."""
+
+    lamp: str
+    seconds: float = FLASH_S
+    buzz: bool = False
+
+
+@dataclass(frozen=True)
+class Tell:
+    """A message for the people at the station (status, dashboards, log)."""
+
+    text: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class Fault:
+    """The station cannot go on: `reason`; None clears the machine's fault."""
+
+    reason: str | None
+
+
+Event = Boot | Scan | InputChanged | Tick | LedgerChanged | SafetyChanged
+Action = Drive | Record | Flash | Tell | Fault
+
+
+@dataclass(frozen=True)
+class StationInfo:
+    node: str
+    kind: str
+    hardware: Mapping[str, str]  # device name -> type
+
+
+@dataclass(frozen=True)
+class View:
+    """What a machine may know when it decides: read-only, built fresh for each event."""
+
+    now: float
+    node: str
+    kind: str
+    mode: str
+    jobs: Mapping[str, JobState]  # open jobs of the line, as this node's ledger folds them
+    carriers: Mapping[str, str]  # carrier code -> open job bound to it
+    inputs: Mapping[str, bool]
+    safe: bool
+    line: LineConfig | None
+    lookup: Callable[[str], JobState | None]  # any job, open or archived
+
+
+class Machine(Protocol):
+    def handle(self, event: Event, view: View) -> list[Action]: ...
+
+    def get_status(self) -> dict[str, Any]: ...
+
+
+# ---------------------------------------------------------------- the engine
+
+class Engine:
+    """One station's machine on the node loop; every method runs on the loop thread."""
+
+    def __init__(self, node: Node, machine: Machine):
+        self.node = node
+        self.machine = machine
+        self.mode = "auto"
+        self.latched = False  # an emergency stop was released: `reset` before anything moves
+        self.fault: str | None = None
+        self.message: dict[str, Any] | None = None
+        self.flash: tuple[str, float, bool] | None = None
+        self.lamps = dict(node.config.station.lights)
+        self.blink = False
+        node.on("scan", lambda e: self.feed(Scan(e.data["device"], e.data["text"])))
+        node.on("input", lambda e: self.feed(InputChanged(e.data["device"], bool(e.data["value"]))))
+        node.on("safety", lambda e: self.feed(SafetyChanged(bool(e.data["tripped"]))))
+        node.on("ledger_changed", lambda e: self.feed(LedgerChanged(frozenset(e.data["jobs"]))))
+
+    # -- feeding
+    def feed(self, event: Event) -> None:
+        if isinstance(event, SafetyChanged) and event.tripped and not self.latched:
+            self.latched = True
+            self.node._update_state()
+        if self.mode == "manual" and not isinstance(event, (SafetyChanged, Tick, LedgerChanged)):
+            return  # an operator drives the station; scans and inputs are not the machine's
+        if (self.latched or self.fault) and isinstance(event, (Scan, InputChanged)):
+            if isinstance(event, Scan):
+                self.apply([Tell(f"scan ignored: station is {'stopped' if self.latched else 'in fault'}",
+                                 ok=False), Flash("red")])
+            return
+        try:
+            actions = self.machine.handle(event, self.view())
+        except Exception as exc:  # a station bug is a station fault, not a dead node
+            log.exception("station machine failed on %s", type(event).__name__)
+            actions = [Fault(f"station logic failed: {type(exc).__name__}: {exc}")]
+        self.apply(actions)
+        if isinstance(event, (Tick, SafetyChanged)):
+            self.light()
+
+    def view(self) -> View:
+        store = self.node.store
+        jobs = {s.job: s for s in store.open_jobs()} if store is not None else {}
+        carriers = {s.carrier: s.job for s in jobs.values() if s.carrier}
+        board = self.node.board
+        return View(now=store.best_time_s() if store is not None else time.time(), node=self.node.config.node.id,
+                    kind=self.node.config.station.kind, mode=self.mode, jobs=jobs, carriers=carriers,
+                    inputs={n: bool(d.value) for n, d in board.inputs.items()}, safe=not board.tripped(),
+                    line=self.node.line, lookup=store.job if store is not None else (lambda _j: None))
+
+    # -- acting
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Drive):
+                refused = self.node.drive_now(action.device, action.value)
+                if refused:
+                    log.warning("station drive %s=%s refused: %s", action.device, action.value, refused)
+            elif isinstance(action, Record):
+                try:
+                    self.node.record(action.job, action.type, dict(action.data))
+                except Exception as exc:  # disk full: the node is in fault already; stop this batch
+                    log.error("could not record %s for %s: %s", action.type, action.job, exc)
+                    return
+            elif isinstance(action, Flash):
+                self.flash = (action.lamp, time.monotonic() + action.seconds, action.buzz)
+                self.light()
+            elif isinstance(action, Tell):
+                self.message = {"text": action.text, "ok": action.ok, "at": time.time()}
+                (log.info if action.ok else log.warning)("%s", action.text)
+            elif isinstance(action, Fault):
+                if action.reason != self.fault:
+                    (log.error if action.reason else log.info)("station fault: %s", action.reason or "cleared")
+                self.fault = action.reason
+                self.node._update_state()
+
+    def light(self) -> None:
+        """The stack light: green idle, amber working, red fault or stop, amber blinking in
+        manual; a flash (a visitor's answer) wins for its moment."""
+        if not self.lamps:
+            return
+        state = self.node.state
+        lit = {"red": state in ("fault", "estop"), "amber": state == "busy", "green": state == "idle"}
+        if state == "manual":
+            self.blink = not self.blink
+            lit = {"red": False, "amber": self.blink, "green": False}
+        buzz = False
+        if self.flash is not None:
+            lamp, until, buzz = self.flash
+            if time.monotonic() < until:
+                lit = {name: name == lamp for name in lit}
+            else:
+                self.flash, buzz = None, False
+        wanted = {self.lamps[k]: v for k, v in lit.items() if k in self.lamps}
+        if "buzzer" in self.lamps:
+            wanted[self.lamps["buzzer"]] = buzz
+        for device, value in wanted.items():
+            self.node.drive_now(device, value)
+
+    # -- the operator's
+    def set_mode(self, mode: str) -> dict[str, Any]:
+        self.mode = mode
+        self.node._update_state()
+        self.light()
+        return {"mode": self.mode}
+
+    def reset(self) -> dict[str, Any]:
+        """Clear a fault, or the latch of a released emergency stop (never while it is open)."""
+        if self.node.board.tripped():
+            raise ValueError(f"safety circuit still open: {', '.join(self.node.board.tripped())}")
+        cleared = [what for what, on in (("emergency stop", self.latched), ("fault", bool(self.fault))) if on]
+        self.latched, self.fault = False, None
+        self.node._update_state()
+        self.light()
+        return {"cleared": cleared, "state": self.node.state}
+
+    def get_status(self) -> dict[str, Any]:
+        return {"mode": self.mode, "latched": self.latched, "fault": self.fault, "message": self.message,
+                **self.machine.get_status()}

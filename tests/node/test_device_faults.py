@@ -1,0 +1,37 @@
+"""A device that goes away and comes back takes the station to fault and out of it again."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from trailer import EXAMPLES, example_station
+
+from edge.config import load_line, load_station
+from edge.node import Node
+
+
+def test_a_scanner_missing_at_boot_faults_the_station_until_it_is_plugged_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    fifo = tmp_path / "scanner.fifo"  # not there yet: the scanner is unplugged
+    station = example_station("intake", tmp_path)
+    text = station.read_text().replace('source = "serial"              # USB-CDC barcode scanner',
+                                       f'source = "file"\npath = "{fifo}"')
+    text = text.replace('port = "/dev/serial/by-id/usb-Honeywell_Imaging_Scanner-if00"\nbaudrate = 9600\n', "")
+    station.write_text(text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false"))
+    node = Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.1)
+    node.start()
+    runner = threading.Thread(target=node.loop, daemon=True)
+    runner.start()
+    try:
+        assert node.state == "fault" and "scanner" in node.reason
+        os.mkfifo(fifo)  # plugged in
+        deadline = time.monotonic() + 10
+        while node.state != "idle" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.state == "idle", node.reason
+    finally:
+        node.post("stop", {"reason": "test over"})
+        runner.join(10)
+        node.shutdown()

@@ -261,3 +261,49 @@ class Engine:
     def get_status(self) -> dict[str, Any]:
         return {"mode": self.mode, "latched": self.latched, "fault": self.fault, "message": self.message,
                 **self.machine.get_status()}
+
+
+# ---------------------------------------------------------------- a kind with no module yet
+
+@dataclass
+class PassThrough:
+    """The generic station of a kind whose module has not landed (laser, printer, inspection
+    today): a part that arrives (the job's position is this kind, its step pending: the
+    transfer's beam, or this station's carrier reader) gets its step started and, `dwell_s`
+    later, done. Steps an operator starts at the console stay the operator's."""
+
+    info: StationInfo
+    dwell_s: float = 2.0
+    carrier_scanner: str | None = None
+    running: dict[str, float] = field(default_factory=dict)  # job -> when this machine started it
+    done: int = 0
+
+    def handle(self, event: Event, view: View) -> list[Action]:
+        actions: list[Action] = []
+        kind = self.info.kind
+        if isinstance(event, Scan) and event.device == self.carrier_scanner:
+            job = view.carriers.get(event.text.strip())
+            if job is None:
+                return [Tell(f"carrier {event.text.strip()[:40]!r} carries no open job", ok=False), Flash("red")]
+            if view.jobs[job].position != kind:
+                actions.append(Record(job, "step_arrived", {"step": kind, "carrier": event.text.strip()}))
+            return actions
+        if not isinstance(event, (Tick, LedgerChanged)):
+            return []
+        for job, state in view.jobs.items():
+            step = state.step(kind)
+            if job in self.running:
+                if step is None or step.status != "running" or step.node != view.node:
+                    del self.running[job]  # overridden, or another node of this kind won it
+                elif view.now - self.running[job] >= self.dwell_s:
+                    del self.running[job]
+                    self.done += 1
+                    actions.append(Record(job, "step_done", {"step": kind}))
+            elif (step is not None and step.status == "pending" and state.next_step == kind
+                  and state.position == kind and view.safe):
+                self.running[job] = view.now
+                actions.append(Record(job, "step_started", {"step": kind, "auto": True}))
+        return actions
+
+    def get_status(self) -> dict[str, Any]:
+        return {"generic": True, "working_on": sorted(self.running), "steps_done": self.done}

@@ -196,16 +196,18 @@ class Node:
 
     def _load_station(self) -> None:
         kind = self.config.station.kind
+        from edge.engine import Boot, Engine, PassThrough, StationInfo
+
+        info = StationInfo(self.config.node.id, kind, {n: d.type for n, d in self.config.hardware.items()})
         try:
             module = importlib.import_module(f"stations.{kind}")
         except ImportError:
             log.info("no station module for kind %r yet: running the generic station", kind)
-            return
-        from edge.engine import Boot, Engine, StationInfo
-
+            module = None
         try:
-            machine = module.machine(self.config.station.options, StationInfo(
-                self.config.node.id, kind, {n: d.type for n, d in self.config.hardware.items()}))
+            reader = next((n for n, t in info.hardware.items() if t == "scanner"), None)  # reads carriers
+            machine = (module.machine(self.config.station.options, info) if module
+                       else PassThrough(info, carrier_scanner=reader))
             self.station = Engine(self, machine)
         except Exception as exc:  # a station that cannot load is a fault, not a crash of the node
             log.exception("station %r failed to load", kind)

@@ -1,0 +1,55 @@
+"""The generic station (a kind whose module has not landed): a part that arrives gets its step
+done after a dwell; an operator's step stays the operator's; two nodes of a kind share a step."""
+
+from __future__ import annotations
+
+from edge.engine import LedgerChanged, PassThrough, Record, Scan, StationInfo, Tick, View
+from edge.ledger import JobState, StepState
+
+INFO = StationInfo("laser-1", "laser", {})
+
+
+def job(position: str = "laser", laser: str = "pending", node: str = "", carrier: str = "T01") -> JobState:
+    return JobState("J1", status="in_progress", created_by="intake-1.0000cafe:1", carrier=carrier, position=position,
+                    steps=[StepState("intake", "done"), StepState("laser", laser, node=node)])
+
+
+def view(state: JobState, now: float = 100.0, safe: bool = True) -> View:
+    return View(now=now, node="laser-1", kind="laser", mode="auto", jobs={state.job: state},
+                carriers={state.carrier: state.job} if state.carrier else {}, inputs={}, safe=safe, line=None,
+                lookup=lambda _j: None)
+
+
+def test_a_part_that_arrived_gets_its_step_started_then_done_after_the_dwell():
+    machine = PassThrough(INFO, dwell_s=2)
+    assert machine.handle(LedgerChanged(frozenset({"J1"})), view(job())) == [
+        Record("J1", "step_started", {"step": "laser", "auto": True})]
+    running = job(laser="running", node="laser-1")
+    assert machine.handle(Tick(), view(running, now=101)) == []
+    assert machine.handle(Tick(), view(running, now=102)) == [Record("J1", "step_done", {"step": "laser"})]
+
+
+def test_a_part_not_here_yet_or_a_stopped_station_starts_nothing():
+    machine = PassThrough(INFO)
+    assert machine.handle(Tick(), view(job(position="intake"))) == []
+    assert machine.handle(Tick(), view(job(), safe=False)) == []
+
+
+def test_a_step_an_operator_started_stays_the_operators():
+    machine = PassThrough(INFO, dwell_s=0)
+    assert machine.handle(Tick(), view(job(laser="running", node="laser-1"), now=500)) == []
+
+
+def test_when_another_laser_won_the_step_this_one_yields():
+    machine = PassThrough(INFO, dwell_s=1)
+    machine.handle(Tick(), view(job()))
+    assert machine.handle(Tick(), view(job(laser="running", node="laser-2"), now=200)) == []
+    assert machine.get_status()["working_on"] == []
+
+
+def test_a_carrier_read_at_the_station_is_its_arrival():
+    machine = PassThrough(INFO, carrier_scanner="reader")
+    assert machine.handle(Scan("reader", "T01"), view(job(position="intake"))) == [
+        Record("J1", "step_arrived", {"step": "laser", "carrier": "T01"})]
+    unknown = machine.handle(Scan("reader", "T99"), view(job(position="intake")))
+    assert "carries no open job" in unknown[0].text

@@ -195,17 +195,24 @@ class Engine:
 
     # -- acting
     def apply(self, actions: list[Action]) -> None:
-        for action in actions:
+        records: list[Record] = []
+        for action in [*actions, None]:
+            if isinstance(action, Record):
+                records.append(action)  # consecutive ledger events: one durable write
+                continue
+            if records:
+                try:
+                    self.node.record_many([(r.job, r.type, dict(r.data)) for r in records])
+                except Exception as exc:  # disk full: the node is in fault; what follows must not run
+                    log.error("could not record %s: %s", ", ".join(f"{r.type} {r.job}" for r in records), exc)
+                    return
+                records = []
+            if action is None:
+                break
             if isinstance(action, Drive):
                 refused = self.node.drive_now(action.device, action.value)
                 if refused:
                     log.warning("station drive %s=%s refused: %s", action.device, action.value, refused)
-            elif isinstance(action, Record):
-                try:
-                    self.node.record(action.job, action.type, dict(action.data))
-                except Exception as exc:  # disk full: the node is in fault already; stop this batch
-                    log.error("could not record %s for %s: %s", action.type, action.job, exc)
-                    return
             elif isinstance(action, Flash):
                 self.flash = (action.lamp, time.monotonic() + action.seconds, action.buzz)
                 self.light()

@@ -397,20 +397,31 @@ class Node:
 
         Raises LedgerWriteError when the disk refuses the write: the event does not exist,
         and the node is in fault until a write succeeds again."""
+        return self.record_many([(job, type, data or {})])[0]
+
+    def record_many(self, records: list[tuple[str, str, dict[str, Any]]]) -> list[LedgerEvent]:
+        """Append several local events in one durable write (all or none), then publish.
+
+        Raises LedgerWriteError when the disk refuses the write: none of them exists, and the
+        node is in fault until a write succeeds again."""
         assert self.store is not None
         try:
-            event = self.store.append(job, type, self.config.station.kind, data or {})
+            with self.store.batch():
+                events = [self.store.append(job, type, self.config.station.kind, data)
+                          for job, type, data in records]
         except OSError as exc:
             self._disk_fault(exc)
             raise LedgerWriteError(f"the ledger could not be written ({exc.strerror or exc}): "
                                    f"nothing was recorded") from None
-        self.counters["events"] += 1
-        self.post("ledger_changed", {"jobs": [job]})  # the station hears of it after this action
+        self.counters["events"] += len(events)
+        jobs = sorted({e.job for e in events})
+        self.post("ledger_changed", {"jobs": jobs})  # the station hears of it after this action
         self._refresh_current_job()
-        self.publish_job(job)
+        for job in jobs:
+            self.publish_job(job)
         if self.sync is not None:
             self.sync.drain()
-        return event
+        return events
 
     def record_operator(self, action: str, detail: dict[str, Any]) -> None:
         """An operator action that is about the station, not a job: logged and counted (the

@@ -184,6 +184,11 @@ class Store:
         """This store's numbering stream, `<node>.<incarnation>`: the origin of its new events."""
         return f"{self.node}.{self.incarnation}" if self.incarnation else self.node
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Several appends in one durable write: all of them are on disk when the block ends,
+        or (OSError) none of them is. Nothing appended inside may be published before the end."""
+        return self._writing()
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One durable change: all of it is written, or the last durable state is reloaded."""

@@ -85,6 +85,7 @@ class StationSection:
     title: str
     options: Any = None
     lights: dict[str, str] = field(default_factory=dict)  # green/amber/red/buzzer -> output device
+    mode: str = "auto"  # the mode the station starts in
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,7 @@ def _read_station(doc: Document) -> StationSection:
     s = doc.section("station")
     kind = s.get_str("kind", choices=STATION_KINDS)
     title = s.get_str("title", kind or "")
+    mode = s.get_str("mode", "auto", choices=("auto", "manual"))
     lights = {role: name for role in LIGHT_ROLES if (name := s.get_str(f"light_{role}" if role != "buzzer"
                                                                       else "buzzer", None))}
     options = None
@@ -273,7 +275,7 @@ def _read_station(doc: Document) -> StationSection:
         if reader is not None:
             options = reader(s)
     s.finish()
-    return StationSection(kind or "", title or "", options, lights)
+    return StationSection(kind or "", title or "", options, lights, mode or "auto")
 
 
 def _check_lights(doc: Document, station: StationSection, hardware: dict[str, HardwareConfig]) -> None:

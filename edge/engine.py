@@ -68,6 +68,12 @@ class SafetyChanged:
     tripped: bool
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """An operator's `reset` cleared a fault or the latch of a released emergency stop: the
+    station may move again (the only way it does after a stop)."""
+
+
 # ---------------------------------------------------------------- actions (out of a machine)
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ class Fault:
     reason: str | None
 
 
-Event = Boot | Scan | InputChanged | Tick | LedgerChanged | SafetyChanged
+Event = Boot | Scan | InputChanged | Tick | LedgerChanged | SafetyChanged | Resumed
 Action = Drive | Record | Flash | Tell | Fault
 
 
@@ -131,9 +137,10 @@ class View:
     jobs: Mapping[str, JobState]  # open jobs of the line, as this node's ledger folds them
     carriers: Mapping[str, str]  # carrier code -> open job bound to it
     inputs: Mapping[str, bool]
-    safe: bool
+    safe: bool  # no safety circuit is open
     line: LineConfig | None
     lookup: Callable[[str], JobState | None]  # any job, open or archived
+    stopped: bool = False  # a circuit is open, a released stop is not reset yet, or the station is in fault
 
 
 class Machine(Protocol):
@@ -150,7 +157,7 @@ class Engine:
     def __init__(self, node: Node, machine: Machine):
         self.node = node
         self.machine = machine
-        self.mode = "auto"
+        self.mode = node.config.station.mode
         self.latched = False  # an emergency stop was released: `reset` before anything moves
         self.fault: str | None = None
         self.message: dict[str, Any] | None = None
@@ -167,8 +174,10 @@ class Engine:
         if isinstance(event, SafetyChanged) and event.tripped and not self.latched:
             self.latched = True
             self.node._update_state()
-        if self.mode == "manual" and not isinstance(event, (SafetyChanged, Tick, LedgerChanged)):
-            return  # an operator drives the station; scans and inputs are not the machine's
+        if self.mode == "manual" and not isinstance(event, SafetyChanged):
+            if isinstance(event, Tick):
+                self.light()
+            return  # an operator drives the station: the machine neither hears nor acts (back: Resumed)
         if (self.latched or self.fault) and isinstance(event, (Scan, InputChanged)):
             if isinstance(event, Scan):
                 self.apply([Tell(f"scan ignored: station is {'stopped' if self.latched else 'in fault'}",
@@ -191,7 +200,7 @@ class Engine:
         return View(now=store.best_time_s() if store is not None else time.time(), node=self.node.config.node.id,
                     kind=self.node.config.station.kind, mode=self.mode, jobs=jobs, carriers=carriers,
                     inputs={n: bool(d.value) for n, d in board.inputs.items()}, safe=not board.tripped(),
-                    line=self.node.line, lookup=store.job if store is not None else (lambda _j: None))
+                    stopped=bool(board.tripped()) or self.latched or bool(self.fault), line=self.node.line, lookup=store.job if store is not None else (lambda _j: None))
 
     # -- acting
     def apply(self, actions: list[Action]) -> None:
@@ -250,8 +259,10 @@ class Engine:
 
     # -- the operator's
     def set_mode(self, mode: str) -> dict[str, Any]:
-        self.mode = mode
+        was, self.mode = self.mode, mode
         self.node._update_state()
+        if was == "manual" and mode == "auto":
+            self.feed(Resumed())  # the machine looks at the line afresh
         self.light()
         return {"mode": self.mode}
 
@@ -262,6 +273,7 @@ class Engine:
         cleared = [what for what, on in (("emergency stop", self.latched), ("fault", bool(self.fault))) if on]
         self.latched, self.fault = False, None
         self.node._update_state()
+        self.feed(Resumed())
         self.light()
         return {"cleared": cleared, "state": self.node.state}
 
@@ -295,7 +307,7 @@ class PassThrough:
             if view.jobs[job].position != kind:
                 actions.append(Record(job, "step_arrived", {"step": kind, "carrier": event.text.strip()}))
             return actions
-        if not isinstance(event, (Tick, LedgerChanged)):
+        if not isinstance(event, (Tick, LedgerChanged, Resumed)):
             return []
         for job, state in view.jobs.items():
             step = state.step(kind)
@@ -307,7 +319,7 @@ class PassThrough:
                     self.done += 1
                     actions.append(Record(job, "step_done", {"step": kind}))
             elif (step is not None and step.status == "pending" and state.next_step == kind
-                  and state.position == kind and view.safe):
+                  and state.position == kind and not view.stopped):
                 self.running[job] = view.now
                 actions.append(Record(job, "step_started", {"step": kind, "auto": True}))
         return actions

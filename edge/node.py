@@ -226,10 +226,11 @@ class Node:
         elif self.board.faults or (engine is not None and engine.fault):
             faults = {**self.board.faults, **({"station": engine.fault} if engine is not None and engine.fault else {})}
             self.state, self.reason = FAULT, "; ".join(f"{k}: {v}" for k, v in faults.items())
+        elif self.current_job is not None:  # a step under way, by the station or an operator's hand
+            manual = engine is not None and engine.mode == "manual"
+            self.state, self.reason = BUSY, "manual mode: an operator drives the station" if manual else None
         elif engine is not None and engine.mode == "manual":
             self.state, self.reason = MANUAL, "manual mode: an operator drives the station"
-        elif self.current_job is not None:
-            self.state, self.reason = BUSY, None
         else:
             self.state, self.reason = IDLE, None
 

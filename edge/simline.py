@@ -221,6 +221,19 @@ class SimBroker:
 
 SIM_STATION_KEYS = {  # what a simulated station of a kind needs besides its kind
     "intake": 'carriers = [' + ", ".join(f'"T{n:02d}"' for n in range(1, 41)) + ']\nmax_open_jobs = 40\n',
+    # the simulated line is driven from consoles (`step`) until the world simulator drives its
+    # pins: the conveyor and the lockers start in manual mode
+    "transfer": 'mode = "manual"\nbeams = {laser = "beam_laser", printer = "beam_printer", '
+                'inspection = "beam_inspection", pickup = "beam_pickup"}\n',
+    "pickup": 'mode = "manual"\nlockers = [{lock = "locker_1", door = "locker_door_1"}]\n',
+}
+SIM_HARDWARE = {  # the devices those keys name, for a simulated node given no hardware of its own
+    "transfer": "".join(f'\n[hardware.{name}]\ntype = "{kind}"\npin = {pin}\n' + ('safe_state = "off"\n' if
+                        kind == "digital_output" else "") for name, kind, pin in (
+        ("conveyor", "digital_output", 17), ("beam_laser", "digital_input", 5), ("beam_printer", "digital_input", 6),
+        ("beam_inspection", "digital_input", 13), ("beam_pickup", "digital_input", 19))),
+    "pickup": '\n[hardware.locker_1]\ntype = "digital_output"\npin = 17\nsafe_state = "off"\n'
+              '\n[hardware.locker_door_1]\ntype = "digital_input"\npin = 22\n',
 }
 
 
@@ -277,7 +290,7 @@ class SimNode:
         self.line_file = line_file
         self.config = self.dir / "station.toml"
         self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol,
-                                            mqtt_extra, hardware, line_file=line_file, log_level=log_level,
+                                            mqtt_extra, hardware or SIM_HARDWARE.get(kind, ""), line_file=line_file, log_level=log_level,
                                             key_file=key, username=username))
         self.proc: subprocess.Popen[str] | None = None
         self.replies: queue.Queue[str] = queue.Queue()

@@ -26,7 +26,7 @@ line_file = "{line_file or EXAMPLES / 'line.toml'}"
 pin_factory = "mock"
 [mqtt]
 {mqtt_section}[station]
-kind = "transfer"
+kind = "laser"
 """)
     return path
 

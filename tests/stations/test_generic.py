@@ -17,7 +17,7 @@ def job(position: str = "laser", laser: str = "pending", node: str = "", carrier
 def view(state: JobState, now: float = 100.0, safe: bool = True) -> View:
     return View(now=now, node="laser-1", kind="laser", mode="auto", jobs={state.job: state},
                 carriers={state.carrier: state.job} if state.carrier else {}, inputs={}, safe=safe, line=None,
-                lookup=lambda _j: None)
+                lookup=lambda _j: None, stopped=not safe)
 
 
 def test_a_part_that_arrived_gets_its_step_started_then_done_after_the_dwell():
@@ -53,3 +53,14 @@ def test_a_carrier_read_at_the_station_is_its_arrival():
         Record("J1", "step_arrived", {"step": "laser", "carrier": "T01"})]
     unknown = machine.handle(Scan("reader", "T99"), view(job(position="intake")))
     assert "carries no open job" in unknown[0].text
+
+
+def test_a_stopped_station_starts_nothing_until_it_is_resumed():
+    from dataclasses import replace
+
+    from edge.engine import Resumed
+
+    machine = PassThrough(INFO)
+    stopped = replace(view(job()), stopped=True)  # a released emergency stop, not reset yet
+    assert machine.handle(Tick(), stopped) == []
+    assert machine.handle(Resumed(), view(job())) == [Record("J1", "step_started", {"step": "laser", "auto": True})]

@@ -35,10 +35,20 @@ class TestClient:
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
             if topics:
-                c.subscribe([(t, 1) for t in topics])
+                c.subscribe([(t, 1) for t in topics])  # ready once subscribed (on_subscribe)
+            else:
+                ready.set()
+
+        self.subacks: set[int] = set()
+
+        def on_subscribe(_c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+            with self.cond:
+                self.subacks.add(mid)
+                self.cond.notify_all()
             ready.set()
 
         self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
         self.client.on_message = self._message
         self.client.on_publish = self._puback
         props = Properties(PacketTypes.CONNECT)
@@ -58,8 +68,11 @@ class TestClient:
             self.cond.notify_all()
 
     def subscribe(self, topic: str) -> None:
-        result, _mid = self.client.subscribe(topic, qos=1)
+        """Subscribe and wait for the SUBACK: a message published after this returns is seen."""
+        result, mid = self.client.subscribe(topic, qos=1)
         assert result == 0
+        with self.cond:
+            assert self.cond.wait_for(lambda: mid in self.subacks, 10), f"no SUBACK for {topic}"
 
     def publish(self, topic: str, payload: bytes | str, retain: bool = False, **kw: Any) -> Any:
         """Publish at QoS 1; return the broker's PUBACK reason code."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +63,55 @@ def example_station(name: str, tmp_path: Path, mqtt: str | None = None) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+class Posted:
+    """Collects what devices post, with a way to await a kind of event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, kind: str, data: dict) -> None:
+        with self.cond:
+            self.events.append((kind, data))
+            self.cond.notify_all()
+
+    def wait(self, kind: str, count: int = 1, timeout: float = 10) -> list[dict]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.of(kind)) >= count, timeout), self.events
+            return self.of(kind)
+
+    def of(self, kind: str) -> list[dict]:
+        return [data for k, data in self.events if k == kind]
+
+    def texts(self) -> list[str]:
+        """The texts of the scans posted, in order."""
+        return [d["text"] for d in self.of("scan")]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def pin_history(output) -> list[bool]:
+    """Every level a MockFactory output pin took, oldest first."""
+    return [bool(s.state) for s in output.device.pin.states]
+
+
+@contextlib.contextmanager
+def running(node):
+    """A started node whose loop runs on a thread (signals belong to the main thread: no run())."""
+    node.start()
+    loop = threading.Thread(target=node.loop, daemon=True)
+    loop.start()
+    try:
+        yield node
+    finally:
+        node.post("stop", {"reason": "test over"})
+        loop.join(10)
+        node.shutdown()

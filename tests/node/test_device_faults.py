@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
 
-from trailer import EXAMPLES, example_station
+from trailer import EXAMPLES, example_station, running, wait_for
 
 from edge.config import load_line, load_station
 from edge.node import Node
@@ -20,18 +18,7 @@ def test_a_scanner_missing_at_boot_faults_the_station_until_it_is_plugged_in(tmp
                                        f'source = "file"\npath = "{fifo}"')
     text = text.replace('port = "/dev/serial/by-id/usb-Honeywell_Imaging_Scanner-if00"\nbaudrate = 9600\n', "")
     station.write_text(text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false"))
-    node = Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.1)
-    node.start()
-    runner = threading.Thread(target=node.loop, daemon=True)
-    runner.start()
-    try:
+    with running(Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.1)) as node:
         assert node.state == "fault" and "scanner" in node.reason
         os.mkfifo(fifo)  # plugged in
-        deadline = time.monotonic() + 10
-        while node.state != "idle" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert node.state == "idle", node.reason
-    finally:
-        node.post("stop", {"reason": "test over"})
-        runner.join(10)
-        node.shutdown()
+        wait_for(lambda: node.state == "idle")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import pty
-import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from trailer import Posted
 
 from edge.config import HardwareConfig
 from edge.hw import Board, HardwareError, SafetyInterlock
@@ -22,25 +22,6 @@ def estop(pin: int = 4) -> HardwareConfig:
     return HardwareConfig(name="estop", type="emergency_stop", pin=pin)
 
 
-class Posted:
-    """Collects what devices post, with a way to await a kind of event."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict]] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, kind: str, data: dict) -> None:
-        with self.cond:
-            self.events.append((kind, data))
-            self.cond.notify_all()
-
-    def wait(self, kind: str, count: int = 1, timeout: float = 10) -> list[dict]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.of(kind)) >= count, timeout), self.events
-            return self.of(kind)
-
-    def of(self, kind: str) -> list[dict]:
-        return [data for k, data in self.events if k == kind]
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import io
 import os
 import pty
 import struct
-import threading
 import unicodedata
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import segno
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
-from trailer import EXAMPLES
+from trailer import EXAMPLES, Posted
 
 from edge.config import ConfigError, HardwareConfig, load_station
 from edge.hw import Board
@@ -68,30 +67,6 @@ def typed(text: str, enter: int = ENTER, shift: int = LEFTSHIFT) -> bytes:
         code, shifted = US[char]
         out += (key(shift, 1) + tap(code) + key(shift, 0)) if shifted else tap(code)
     return out + (tap(enter) if enter else b"")
-
-
-class Posted:
-    """Collects what devices post, with a way to await a kind of event."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict]] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, kind: str, data: dict) -> None:
-        with self.cond:
-            self.events.append((kind, data))
-            self.cond.notify_all()
-
-    def wait(self, kind: str, count: int = 1, timeout: float = 10) -> list[dict]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.of(kind)) >= count, timeout), self.events
-            return self.of(kind)
-
-    def of(self, kind: str) -> list[dict]:
-        return [data for k, data in self.events if k == kind]
-
-    def texts(self) -> list[str]:
-        return [d["text"] for d in self.of("scan")]
 
 
 @pytest.fixture

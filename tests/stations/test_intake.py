@@ -6,8 +6,6 @@ gpiozero's MockFactory pins, where the only input is the scan."""
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -109,7 +107,7 @@ def test_any_scanned_text_is_answered_and_only_a_valid_order_records(text):
 # ---------------------------------------------------------------- a real node
 
 def test_a_visitor_scan_at_a_real_intake_node_launches_the_job_with_no_console(tmp_path, monkeypatch):
-    from trailer import EXAMPLES, example_station
+    from trailer import EXAMPLES, example_station, pin_history, running, wait_for
 
     from edge.config import load_line, load_station
     from edge.node import Node
@@ -124,35 +122,20 @@ def test_a_visitor_scan_at_a_real_intake_node_launches_the_job_with_no_console(t
     text = text.replace('port = "/dev/serial/by-id/usb-Honeywell_Imaging_Scanner-if00"\nbaudrate = 9600\n', "")
     text = text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
     station.write_text(text)
-    config = load_station(station)
-    node = Node(config, load_line(EXAMPLES / "line.toml"), tick=0.1)
-    node.start()
-    runner = threading.Thread(target=node.loop, daemon=True)  # signals are the main thread's: no run()
-    runner.start()
-    writer = os.open(fifo, os.O_WRONLY)
-    try:
-        deadline = time.monotonic() + 10
-        while node.state != "idle" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.write(writer, (example_order("VISIT1", text="Zoé") + "\n").encode())
-        os.write(writer, b"not an order at all\n")
-        deadline = time.monotonic() + 10
-        while (node.store is None or node.store.job("VISIT1") is None
-               or node.get_status()["station"]["refused"] == {}) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        state = node.store.job("VISIT1")
-        assert state is not None and state.carrier == "T01" and state.step("intake").status == "done"
-        assert node.get_status()["station"]["refused"] == {"bad_format": 1}
-        green = node.board.outputs["light_green"]
-        red = node.board.outputs["light_red"]
-        assert any(v for _t, v in _history(green)) and any(v for _t, v in _history(red))
-    finally:
-        os.close(writer)
-        node.post("stop", {"reason": "test over"})
-        runner.join(10)
-        node.shutdown()
+    node = Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.1)
+    with running(node):
+        writer = os.open(fifo, os.O_WRONLY)
+        try:
+            wait_for(lambda: node.state == "idle")
+            os.write(writer, (example_order("VISIT1", text="Zoé") + "\n").encode())
+            os.write(writer, b"not an order at all\n")
+            wait_for(lambda: node.store.job("VISIT1") is not None and node.get_status()["station"]["refused"])
+            state = node.store.job("VISIT1")
+            assert state.carrier == "T01" and state.step("intake").status == "done"
+            assert node.get_status()["station"]["refused"] == {"bad_format": 1}
+            assert any(pin_history(node.board.outputs["light_green"]))
+            assert any(pin_history(node.board.outputs["light_red"]))
+        finally:
+            os.close(writer)
 
-
-def _history(output) -> list[tuple[float, bool]]:
-    return [(s.timestamp, bool(s.state)) for s in output.device.pin.states]
 

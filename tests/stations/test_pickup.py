@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -334,7 +333,7 @@ def test_a_locker_on_hardware_of_the_wrong_type_is_a_clear_station_fault():
 # ---------------------------------------------------------------- a real node
 
 def test_a_visitor_collects_a_stand_at_a_real_pickup_node_with_no_console(tmp_path, monkeypatch):
-    from trailer import EXAMPLES, example_station
+    from trailer import EXAMPLES, example_station, pin_history, wait_for
 
     from edge.config import load_line
     from edge.node import Node
@@ -363,17 +362,17 @@ def test_a_visitor_collects_a_stand_at_a_real_pickup_node_with_no_console(tmp_pa
     runner.start()
     writer = os.open(fifo, os.O_WRONLY)
     try:
-        _wait(lambda: node.get_status()["station"]["lockers"]["1"]["job"] == "VISIT1")
+        wait_for(lambda: node.get_status()["station"]["lockers"]["1"]["job"] == "VISIT1")
         os.write(writer, (example_order("VISIT1") + "\n").encode())
-        _wait(lambda: node.get_status()["station"]["lockers"]["1"]["state"] == "released")
+        wait_for(lambda: node.get_status()["station"]["lockers"]["1"]["state"] == "released")
         door.drive_high()  # the visitor opens the door...
-        _wait(lambda: node.get_status()["station"]["lockers"]["1"]["state"] == "collecting")
+        wait_for(lambda: node.get_status()["station"]["lockers"]["1"]["state"] == "collecting")
         door.drive_low()  # ...takes the stand and shuts it
-        _wait(lambda: (s := store.job("VISIT1")) is not None and s.status == "completed")
+        wait_for(lambda: (s := store.job("VISIT1")) is not None and s.status == "completed")
         assert store.job("VISIT1").step("pickup").status == "done"
-        lock = [v for _t, v in _history(node.board.outputs["locker_1"])]
+        lock = pin_history(node.board.outputs["locker_1"])
         assert lock[-2:] == [True, False]  # released for the visitor, locked again
-        assert not any(v for _t, v in _history(node.board.outputs["locker_2"]))
+        assert not any(pin_history(node.board.outputs["locker_2"]))
     finally:
         os.close(writer)
         node.post("stop", {"reason": "test over"})
@@ -381,12 +380,3 @@ def test_a_visitor_collects_a_stand_at_a_real_pickup_node_with_no_console(tmp_pa
         node.shutdown()
 
 
-def _wait(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def _history(output) -> list[tuple[float, bool]]:
-    return [(s.timestamp, bool(s.state)) for s in output.device.pin.states]

@@ -6,7 +6,6 @@ pins, where a carrier breaking a beam is a pin pulled low."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -248,7 +247,7 @@ def test_random_beams_and_ticks_never_raise_nor_run_the_conveyor_in_a_fault(step
 # ---------------------------------------------------------------- a real node
 
 def test_a_carrier_on_a_real_transfer_node_runs_to_its_beam_and_stops(tmp_path, monkeypatch):
-    from trailer import EXAMPLES, example_station
+    from trailer import EXAMPLES, example_station, wait_for
 
     from edge.config import load_line, load_station
     from edge.node import Node
@@ -274,11 +273,11 @@ def test_a_carrier_on_a_real_transfer_node_runs_to_its_beam_and_stops(tmp_path, 
     try:
         assert node.get_status()["station"]["fault"] is None
         node.post("test_launch")
-        _wait(lambda: any(s.state for s in conveyor.states))
+        wait_for(lambda: any(s.state for s in conveyor.states))
         assert node.store.job("VISIT1").position == "transfer"
         node.board.factory.pin(config.hardware["beam_laser"].pin).drive_low()  # pull-up: broken = low
-        _wait(lambda: node.store.job("VISIT1").position == "laser")
-        _wait(lambda: not conveyor.state)
+        wait_for(lambda: node.store.job("VISIT1").position == "laser")
+        wait_for(lambda: not conveyor.state)
         levels = [bool(s.state) for s in conveyor.states]
         assert levels[-2:] == [True, False]
         assert node.get_status()["station"]["counters"]["arrived"] == 1
@@ -287,9 +286,3 @@ def test_a_carrier_on_a_real_transfer_node_runs_to_its_beam_and_stops(tmp_path, 
         runner.join(10)
         node.shutdown()
 
-
-def _wait(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)

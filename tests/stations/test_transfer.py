@@ -6,6 +6,7 @@ pins, where a carrier breaking a beam is a pin pulled low."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -286,3 +287,41 @@ def test_a_carrier_on_a_real_transfer_node_runs_to_its_beam_and_stops(tmp_path, 
         runner.join(10)
         node.shutdown()
 
+
+
+def test_an_estop_on_a_real_transfer_node_stops_the_belt_and_only_reset_lets_it_run_again(tmp_path, monkeypatch):
+    from trailer import EXAMPLES, example_station, running, wait_for
+
+    from edge.config import load_line, load_station
+    from edge.node import Node
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    station = example_station("transfer", tmp_path)
+    text = station.read_text().replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
+    head, _, tail = text.partition("[hardware.io_board]")
+    station.write_text(head + "[console]" + tail.partition("[console]")[2])
+    config = load_station(station)
+    node = Node(config, load_line(EXAMPLES / "line.toml"), tick=0.1)
+
+    def launch(_event) -> None:  # on the loop thread, like an event from the intake
+        node.record_many([("VISIT2", "created", {"product": "stand", "route": list(ROUTE)}),
+                          ("VISIT2", "carrier", {"carrier": "T02"}), ("VISIT2", "step_done", {"step": "intake"})])
+
+    replies: list = []
+    node.on("test_launch", launch)
+    node.on("test_reset", lambda _e: replies.append(node.commands.run_line("reset")))
+    with running(node):
+        conveyor = node.board.outputs["conveyor"].device.pin
+        estop = node.board.factory.pin(config.hardware["estop"].pin)
+        node.post("test_launch")
+        wait_for(lambda: conveyor.state)
+        estop.drive_high()  # the loop is opened: the stop is pressed mid-move
+        wait_for(lambda: node.state == "estop")
+        assert not conveyor.state  # off at once, from the input's own callback
+        estop.drive_low()  # released
+        wait_for(lambda: "released" in (node.reason or ""))
+        time.sleep(0.5)  # ticks go by: nothing restarts by itself
+        assert not conveyor.state and node.state == "estop"
+        node.post("test_reset")
+        wait_for(lambda: replies and conveyor.state)  # the operator's reset, and the move carries on
+        assert replies[0].ok and "emergency stop" in replies[0].result["cleared"]

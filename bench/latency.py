@@ -48,14 +48,12 @@ def main() -> int:
         tmp_path = Path(tmp)
         fifo = tmp_path / "scanner.fifo"
         os.mkfifo(fifo)
-        station = example_station("intake", tmp_path)
-        text = station.read_text().replace('source = "serial"              # USB-CDC barcode scanner',
-                                           f'source = "file"\npath = "{fifo}"')
-        text = text.replace('port = "/dev/serial/by-id/usb-Honeywell_Imaging_Scanner-if00"\nbaudrate = 9600\n', "")
+        station = example_station("intake", tmp_path, scanner_fifo=fifo, bench=True)
+        text = station.read_text()
         text = text.replace("max_open_jobs = 12", f"max_open_jobs = {args.scans + 1}")
         pool = ", ".join(f'"C{n:04d}"' for n in range(args.scans + 1))  # a tray per visitor
         text = re.sub(r"^carriers = .*$", f"carriers = [{pool}]", text, flags=re.M)
-        station.write_text(text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false"))
+        station.write_text(text)
         node = Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.5)
         marks: dict[str, float] = {}
         record_many, drive_now = node.record_many, node.drive_now

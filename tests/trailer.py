@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -48,10 +49,18 @@ class NotifySocket:
         self.sock.close()
 
 
-def example_station(name: str, tmp_path: Path, mqtt: str | None = None) -> Path:
+def example_station(name: str, tmp_path: Path, mqtt: str | None = None, scanner_fifo: Path | None = None,
+                    bench: bool = False) -> Path:
     """A copy of examples/line/<name>.toml with its data dir in tmp_path and MQTT off
-    (or `mqtt`, the body of an [mqtt] section, instead)."""
+    (or `mqtt`, the body of an [mqtt] section, instead). `scanner_fifo`: the scanner reads that
+    FIFO instead of its serial port. `bench`: no console, no serial board (only pins left)."""
     text = (EXAMPLES / f"{name}.toml").read_text()
+    if scanner_fifo is not None:
+        text = re.sub(r'source = "serial"[^\n]*\nport = "[^"]*"\nbaudrate = \d+\n',
+                      f'source = "file"\npath = "{scanner_fifo}"\n', text)
+    if bench:
+        text = text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
+        text = re.sub(r"\[hardware\.\w+\]\ntype = \"serial\".*?\n\n", "", text, flags=re.S)
     head, sep, rest = text.partition("[mqtt]\n")
     body, _, tail = rest.partition("\n\n")
     text = head + sep + (mqtt if mqtt is not None else "enabled = false") + "\n\n" + tail

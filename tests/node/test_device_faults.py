@@ -13,11 +13,7 @@ from edge.node import Node
 def test_a_scanner_missing_at_boot_faults_the_station_until_it_is_plugged_in(tmp_path, monkeypatch):
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     fifo = tmp_path / "scanner.fifo"  # not there yet: the scanner is unplugged
-    station = example_station("intake", tmp_path)
-    text = station.read_text().replace('source = "serial"              # USB-CDC barcode scanner',
-                                       f'source = "file"\npath = "{fifo}"')
-    text = text.replace('port = "/dev/serial/by-id/usb-Honeywell_Imaging_Scanner-if00"\nbaudrate = 9600\n', "")
-    station.write_text(text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false"))
+    station = example_station("intake", tmp_path, scanner_fifo=fifo, bench=True)
     with running(Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.1)) as node:
         assert node.state == "fault" and "scanner" in node.reason
         os.mkfifo(fifo)  # plugged in

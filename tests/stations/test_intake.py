@@ -116,12 +116,7 @@ def test_a_visitor_scan_at_a_real_intake_node_launches_the_job_with_no_console(t
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     fifo = tmp_path / "scanner.fifo"
     os.mkfifo(fifo)
-    station = example_station("intake", tmp_path)
-    text = station.read_text().replace('source = "serial"              # USB-CDC barcode scanner',
-                                       f'source = "file"\npath = "{fifo}"')
-    text = text.replace('port = "/dev/serial/by-id/usb-Honeywell_Imaging_Scanner-if00"\nbaudrate = 9600\n', "")
-    text = text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
-    station.write_text(text)
+    station = example_station("intake", tmp_path, scanner_fifo=fifo, bench=True)
     node = Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.1)
     with running(node):
         writer = os.open(fifo, os.O_WRONLY)

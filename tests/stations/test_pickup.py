@@ -342,11 +342,7 @@ def test_a_visitor_collects_a_stand_at_a_real_pickup_node_with_no_console(tmp_pa
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     fifo = tmp_path / "scanner.fifo"
     os.mkfifo(fifo)
-    station = example_station("pickup", tmp_path)
-    text = station.read_text().replace('source = "serial"\n', f'source = "file"\npath = "{fifo}"\n')
-    text = text.replace('port = "/dev/serial/by-id/usb-Honeywell_Imaging_Scanner-if00"\nbaudrate = 9600\n', "")
-    text = text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
-    station.write_text(text)
+    station = example_station("pickup", tmp_path, scanner_fifo=fifo, bench=True)
     node = Node(load_station(station), load_line(EXAMPLES / "line.toml"), tick=0.1)
     node.start()
     door = node.board.factory.pin(22)

@@ -254,10 +254,7 @@ def test_a_carrier_on_a_real_transfer_node_runs_to_its_beam_and_stops(tmp_path, 
     from edge.node import Node
 
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    station = example_station("transfer", tmp_path)
-    text = station.read_text().replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
-    head, _, tail = text.partition("[hardware.io_board]")
-    station.write_text(head + "[console]" + tail.partition("[console]")[2])
+    station = example_station("transfer", tmp_path, bench=True)
     config = load_station(station)
     node = Node(config, load_line(EXAMPLES / "line.toml"), tick=0.1)
     node.start()
@@ -296,10 +293,7 @@ def test_an_estop_on_a_real_transfer_node_stops_the_belt_and_only_reset_lets_it_
     from edge.node import Node
 
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
-    station = example_station("transfer", tmp_path)
-    text = station.read_text().replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
-    head, _, tail = text.partition("[hardware.io_board]")
-    station.write_text(head + "[console]" + tail.partition("[console]")[2])
+    station = example_station("transfer", tmp_path, bench=True)
     config = load_station(station)
     node = Node(config, load_line(EXAMPLES / "line.toml"), tick=0.1)
 

@@ -31,7 +31,7 @@ from trailer import EXAMPLES, example_station  # noqa: E402
 
 from edge.config import load_line, load_station  # noqa: E402
 from edge.node import Node  # noqa: E402
-from edge.simline import example_order  # noqa: E402
+from edge.sim.line import example_order  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:

@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from edge.clock import Timestamp  # noqa: E402
 from edge.ledger import Event, EventVerifier  # noqa: E402
-from edge.simline import SimBroker, SimNode, password_of, sim_signer  # noqa: E402
+from edge.sim.line import SimBroker, SimNode, password_of, sim_signer  # noqa: E402
 from edge.store import Store  # noqa: E402
 from edge.sync import MqttLink, Sync  # noqa: E402
 

@@ -95,7 +95,7 @@ class Dashboard:
 )
 def demo(args: argparse.Namespace) -> int:
     from edge.orders import Order, private_key_from_pem, sign_order
-    from edge.simline import EXAMPLES, SimBroker, SimNode, converged, password_of, wait_until
+    from edge.sim.line import EXAMPLES, SimBroker, SimNode, converged, password_of, wait_until
 
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("edge demo: mosquitto is not installed (apt-get install mosquitto, or run `make demo`)",

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.ledger import Event, EventVerifier
-from edge.simline import sim_signer
+from edge.sim.line import sim_signer
 from edge.storage import HOT_FILE
 from edge.store import Store
 

@@ -15,7 +15,7 @@ import tty
 
 from trailer import ROOT, example_station
 
-from edge.simline import wait_until
+from edge.sim.line import wait_until
 
 
 def read_line(fd: int, timeout: float = 20) -> str:

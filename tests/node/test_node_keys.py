@@ -10,7 +10,7 @@ from trailer import EXAMPLES, run_edge
 
 from edge.config import load_line, load_station
 from edge.node import Node
-from edge.simline import free_port
+from edge.sim.line import free_port
 
 
 def station(tmp_path: Path, node: str = "spare-9", username: str | None = None, line_file: Path | None = None,

@@ -111,7 +111,7 @@ def test_a_visitor_scan_at_a_real_intake_node_launches_the_job_with_no_console(t
 
     from edge.config import load_line, load_station
     from edge.node import Node
-    from edge.simline import example_order
+    from edge.sim.line import example_order
 
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     fifo = tmp_path / "scanner.fifo"

@@ -337,7 +337,7 @@ def test_a_visitor_collects_a_stand_at_a_real_pickup_node_with_no_console(tmp_pa
 
     from edge.config import load_line
     from edge.node import Node
-    from edge.simline import example_order
+    from edge.sim.line import example_order
 
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     fifo = tmp_path / "scanner.fifo"

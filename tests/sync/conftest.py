@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.simline import SimBroker, SimNode, password_of
+from edge.sim.line import SimBroker, SimNode, password_of
 
 
 def kind_of(name: str) -> str:

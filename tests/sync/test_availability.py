@@ -6,7 +6,7 @@ import json
 
 from mqttclient import TestClient
 
-from edge.simline import SimNode, converged, password_of, wait_until
+from edge.sim.line import SimNode, converged, password_of, wait_until
 
 
 def watcher(port: int, user: str, password: str,

@@ -10,7 +10,7 @@ from mqttclient import TestClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.simline import SHIPPED, SimBroker, SimNode, password_of, wait_until
+from edge.sim.line import SHIPPED, SimBroker, SimNode, password_of, wait_until
 
 
 def client(port: int, user: str | None, password: str | None, client_id: str = "",

@@ -20,7 +20,7 @@ from mqttclient import TestClient
 from edge.config import load_line, load_station
 from edge.homeassistant import HA_STATUS_TOPIC
 from edge.node import Event, Node
-from edge.simline import free_port, password_of, sim_line_file, wait_until, write_sim_key
+from edge.sim.line import free_port, password_of, sim_line_file, wait_until, write_sim_key
 
 LINE = "fabrique/demo"
 json_values = st.recursive(

@@ -8,7 +8,7 @@ import pytest
 from trailer import ROOT
 
 from edge.orders import Order, private_key_from_pem, sign_order
-from edge.simline import converged, wait_until
+from edge.sim.line import converged, wait_until
 
 EXAMPLE_KEY = ROOT / "examples" / "keys" / "EXAMPLE-ONLY-order-signing.pem"
 

@@ -19,7 +19,7 @@ from trailer import run_edge
 
 from edge.clock import Timestamp
 from edge.ledger import Event
-from edge.simline import SimNode, converged, example_order, password_of, sim_signer, wait_until
+from edge.sim.line import SimNode, converged, example_order, password_of, sim_signer, wait_until
 
 LINE = "fabrique/demo"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from edge.simline import SimNode, free_port, wait_until
+from edge.sim.line import SimNode, free_port, wait_until
 
 
 class OldBroker:

@@ -26,7 +26,7 @@ from typing import Any
 from edge.ledger import Event, EventSigner
 from edge.store import Store
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 SHIPPED = CHECKOUT / "systemd" / "mosquitto"
 EXAMPLES = CHECKOUT / "examples" / "line"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

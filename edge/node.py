@@ -90,6 +90,8 @@ class Node:
         self.jobs_to_check: set[str] = set()
         self.commands = CommandSet()
         self.consoles: list[Any] = []
+        # run once the pins exist, before the station boots (the simulated world wires its sensors)
+        self.board_ready: list[Callable[[], None]] = []
         NodeCommands(self)
         self.on("stop", self._on_stop)
         self.on("console_line", self._on_console_line)
@@ -117,6 +119,8 @@ class Node:
         log.info("node %s (%s, line %s) starting, fabrique-edge %s", self.config.node.id,
                  self.config.station.kind, self.config.node.line, __version__)
         self.board.start()
+        for hook in self.board_ready:
+            hook()
         self._open_store()
         self._load_station()
         self._refresh_current_job()
@@ -424,11 +428,18 @@ class Node:
             self.sync.drain()
         return events
 
-    def record_operator(self, action: str, detail: dict[str, Any]) -> None:
-        """An operator action that is about the station, not a job: logged and counted (the
-        ledger holds job events; station events go to the journal and the state topic)."""
+    def record_operator(self, action: str, detail: dict[str, Any], text: str) -> None:
+        """An operator action on the station (`mode`, `reset`): logged, counted, and recorded in
+        the ledger as a note on every open job at this station (its part is here or its step
+        runs here), so a job's history says who switched or reset the station it was at."""
         self.counters[f"operator_{action}"] = self.counters.get(f"operator_{action}", 0) + 1
         log.warning("operator: %s %s", action, detail)
+        kind, me = self.config.station.kind, self.config.node.id
+        here = [s.job for s in (self.store.open_jobs() if self.store is not None else [])
+                if s.position == kind or any(st.status == "running" and st.node == me for st in s.steps)]
+        if here:
+            self.record_many([(job, "note", {"text": f"operator: {text}", "operator": action, **detail})
+                              for job in here])
         self.publish_state()
 
     def _disk_fault(self, exc: OSError) -> None:

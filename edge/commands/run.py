@@ -21,6 +21,9 @@ log = logging.getLogger("edge.run")
         help="journal: <priority> prefixes for journald; auto picks journal under systemd"),
     arg("--log-level", choices=("debug", "info", "warning", "error"), default=None,
         help="override [node] log_level"),
+    arg("--world", action="store_true",
+        help="simulate the parts and people around a node on mock pins (the simulated line: carriers "
+             "on the belt break its beams, visitors open released lockers)"),
     description="Start the node: reserve pins and ports, drive every output to its safe state,\n"
                 "load the station, then apply events until SIGTERM or SIGINT. On stop every\n"
                 "output is put in its declared safe state before the process exits 0.\n"
@@ -39,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         return 2 if exc.unreadable else 1
     setup_logging(args.log_level or config.node.log_level, args.log_format)
     node = Node(config, line)
+    if args.world:
+        from edge.sim.world import World
+
+        World(node)
     try:
         return node.run()
     except Exception as exc:

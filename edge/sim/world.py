@@ -1,0 +1,187 @@
+"""The world around a simulated node: what its outputs do to the parts and people at the station.
+
+A node on mock pins drives outputs nobody sees and waits for inputs nobody changes. `edge run
+--world` puts a small physical world behind those pins, so a simulated line runs by itself:
+
+    transfer  the belt: while the conveyor output is on, the carrier the transfer released
+              travels one beam every SEGMENT_S seconds (backwards while the direction output
+              is on; round the loop after the last beam without one) and breaks each beam it
+              passes for PULSE_S. A carrier starts at the belt's start (from the intake) unless
+              the world last saw it, on the same job, at a beam.
+    pickup    the visitor: every locker door starts shut; a lock released for the visitor is
+              opened VISITOR_S later, the stand taken, the door shut again TAKE_S after that.
+
+The world only reads outputs and drives inputs, like the wiring it stands for; which carrier
+rides the belt is the one fact it takes from the transfer (physically, the one its gate let go).
+`jam()` makes the next carrier stick where it is (a fault to try the jam detection on).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from edge.hw.gpio import HardwareError, is_mock
+
+if TYPE_CHECKING:
+    from edge.node import Node
+
+log = logging.getLogger(__name__)
+SEGMENT_S = 1.0
+PULSE_S = 0.15
+VISITOR_S = 1.0
+TAKE_S = 1.5
+STEP_S = 0.02
+
+
+class World:
+    """The simulated surroundings of one node, on a thread of their own once the pins exist."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.parts: list[Belt | Visitor] = []
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        node.board_ready.append(self.wire)
+
+    def wire(self) -> None:
+        board = self.node.board
+        kind = self.node.config.station.kind
+        if board.factory is not None and not is_mock(board.factory):
+            raise HardwareError("--world simulates the parts around a node on mock pins; this node has real "
+                                "pins (set [node] pin_factory = \"mock\" or GPIOZERO_PIN_FACTORY=mock)")
+        options = self.node.config.station.options
+        if kind == "transfer" and options is not None:
+            self.parts.append(Belt(self, options))
+        elif kind == "pickup" and options is not None:
+            self.parts.append(Visitor(self, options))
+        if self.parts:
+            log.info("simulated world: %s", ", ".join(p.describe() for p in self.parts))
+            self.thread = threading.Thread(target=self._run, name="world", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(STEP_S):
+            now = time.monotonic()
+            for part in self.parts:
+                try:
+                    part.step(now)
+                except Exception:  # a device closed under us at shutdown, or a bug: the node goes on
+                    if not self.stopping.is_set() and self.node.running:
+                        log.exception("simulated world: %s failed", type(part).__name__)
+                    return
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def jam(self) -> None:
+        for part in self.parts:
+            if isinstance(part, Belt):
+                part.jam_next = True
+
+    # -- the wiring
+    def output(self, name: str) -> bool:
+        out = self.node.board.outputs.get(name)
+        return out is not None and out.value
+
+    def set_input(self, name: str, active: bool) -> None:
+        """Make input `name` read `active` (a broken beam, a shut door), whatever its pull."""
+        device = self.node.board.inputs[name].device
+        pin = device.pin
+        if pin is None:  # closed: the node is stopping
+            return
+        (pin.drive_low if active == device.pull_up else pin.drive_high)()
+
+
+class Belt:
+    """Carriers on the conveyor, breaking the beams at the stations' entries."""
+
+    def __init__(self, world: World, options: Any):
+        self.world = world
+        self.conveyor: str = options.conveyor
+        self.direction: str | None = options.direction
+        self.beams: list[str] = [device for _kind, device in options.beams]
+        self.where: dict[str, tuple[str, int]] = {}  # carrier -> (job, beam index) where last seen
+        self.pulses: dict[str, float] = {}  # beam -> when the passing carrier clears it
+        self.move: Any = None
+        self.travelled = 0.0
+        self.last: float | None = None
+        self.jammed = False
+        self.jam_next = False
+        self.passed = 0
+
+    def describe(self) -> str:
+        return f"a belt past {len(self.beams)} beams ({SEGMENT_S:g} s apart)"
+
+    def step(self, now: float) -> None:
+        for beam, until in list(self.pulses.items()):
+            if now >= until:
+                del self.pulses[beam]
+                self.world.set_input(beam, False)
+        if not self.world.output(self.conveyor):
+            self.last, self.travelled = None, 0.0
+            return
+        dt, self.last = (0.0 if self.last is None else now - self.last), now
+        move = getattr(self.world.node.station, "machine", None)
+        move = getattr(move, "move", None)
+        if move is None:
+            return  # the belt runs empty
+        if move is not self.move:  # the transfer let another carrier go
+            self.move, self.travelled = move, 0.0
+            self.jammed, self.jam_next = self.jam_next, False
+        self.travelled += dt
+        if self.jammed or self.travelled < SEGMENT_S:
+            return
+        self.travelled = 0.0
+        job, at = self.where.get(move.carrier, ("", -1))
+        if job != move.job:
+            at = -1  # a tray back from the pickup, or a new one: at the belt's start
+        if self.direction and self.world.output(self.direction):
+            if at <= 0:
+                return  # pressed against the start of the belt
+            at -= 1
+        else:
+            at = (at + 1) % len(self.beams)
+        self.where[move.carrier] = (move.job, at)
+        beam = self.beams[at]
+        self.passed += 1
+        self.pulses[beam] = now + PULSE_S
+        self.world.set_input(beam, True)
+
+
+class Visitor:
+    """Visitors at the pickup lockers: each opens a released locker, takes the stand, shuts it."""
+
+    def __init__(self, world: World, options: Any):
+        self.world = world
+        self.lockers = list(options.lockers)
+        self.plans: dict[str, tuple[str, float]] = {}  # locker -> (what next, when)
+        for spec in self.lockers:
+            world.set_input(spec.door, True)  # every door shut (reads on while shut)
+        self.collected = 0
+
+    def describe(self) -> str:
+        return f"a visitor at {len(self.lockers)} locker(s)"
+
+    def step(self, now: float) -> None:
+        for spec in self.lockers:
+            plan = self.plans.get(spec.name)
+            if plan is None:
+                if self.world.output(spec.lock):
+                    self.plans[spec.name] = ("open", now + VISITOR_S)
+                continue
+            what, when = plan
+            if now < when:
+                continue
+            if what == "open":
+                if not self.world.output(spec.lock):
+                    del self.plans[spec.name]  # locked again before the visitor got there
+                    continue
+                self.world.set_input(spec.door, False)
+                self.plans[spec.name] = ("shut", now + TAKE_S)
+            else:
+                self.world.set_input(spec.door, True)
+                self.collected += 1
+                del self.plans[spec.name]

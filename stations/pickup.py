@@ -1,7 +1,8 @@
 """Pickup: the visitor scans the same QR code again and the locker with their stand opens.
 
 Pure: events in, actions out (edge.engine). A job *arrives* here when its next route step is
-pickup and every earlier route step is done or skipped: the first free locker is assigned and
+pickup, every earlier route step is done or skipped and (by default) its part is here: its
+position is the pickup (the transfer's beam at the pickup said so). The first free locker is assigned and
 recorded (`step_arrived`, `step_started` with the locker, a note "stand in locker N" that
 brings the locker back after a restart). The lockers are loaded from the staff side, so the
 stand counts as placed when the locker is assigned. The visitor's scan is verified like at
@@ -18,6 +19,9 @@ scan: red with its reason. A door that opens while its lock is shut (forced): re
                       the door input reads on while the door is shut; name defaults to 1, 2...
     open_s            seconds a released lock waits for its door to open (default 10)
     minutes_per_step  the estimate told to a visitor per step still to do (default 3)
+    arrival           "position" (default): a stand arrives when its position is the pickup;
+                      "finished": as soon as every earlier step is finished (no conveyor to the
+                      pickup: the staff carry the stands)
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ LOCKER_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
 CARRIER_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 LOCKER_KEYS = ("lock", "door", "name")
 FINISHED = ("done", "skipped")
+ARRIVALS = ("position", "finished")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class PickupOptions:
     lockers: tuple[LockerSpec, ...] = ()
     open_s: int = 10
     minutes_per_step: int = 3
+    arrival: str = "position"
 
 
 def read_config(s: Section) -> PickupOptions:
@@ -81,7 +87,8 @@ def read_config(s: Section) -> PickupOptions:
         s.issue("lockers", f"{shared[0]!r} is both a lock and a door")
     open_s = s.get_int("open_s", 10, 1, 300)
     minutes = s.get_int("minutes_per_step", 3, 1, 120)
-    return PickupOptions(scanner, tuple(lockers), open_s or 10, minutes or 3)
+    arrival = s.get_str("arrival", "position", choices=ARRIVALS)
+    return PickupOptions(scanner, tuple(lockers), open_s or 10, minutes or 3, arrival or "position")
 
 
 def _read_locker(s: Section, i: int, item: Any) -> LockerSpec | None:
@@ -214,6 +221,8 @@ class Pickup:
         if not state.is_open or self.info.kind not in names:
             return False
         here = names.index(self.info.kind)
+        if self.options.arrival == "position" and state.position != self.info.kind:
+            return False  # still on its way
         return route[here].status == "pending" and all(s.status in FINISHED for s in route[:here])
 
     def _assign(self, job: str, view: View, arrived: bool = False) -> list[Action]:
@@ -286,6 +295,8 @@ class Pickup:
         todo = [s for s in route if s.status not in FINISHED and s.step != self.info.kind]
         if running is not None:
             where = f"at the {running.step}"
+        elif not todo and state.position != self.info.kind and self.options.arrival == "position":
+            where = "on its way to the pickup"
         elif not todo:
             where = "at the pickup, waiting for a free locker"
         elif state.position == todo[0].step:

@@ -49,8 +49,8 @@ def job(name: str, *statuses: str, position: str = "", carrier: str = "", notes:
                     position=position, carrier=carrier, notes=list(notes))
 
 
-def finished(name: str, **kw) -> JobState:
-    return job(name, "done", "done", "done", position="printer", **kw)
+def finished(name: str, position: str = "pickup", **kw) -> JobState:
+    return job(name, "done", "done", "done", position=position, **kw)
 
 
 def in_locker(name: str, locker: str) -> JobState:
@@ -96,6 +96,13 @@ def test_a_finished_stand_is_given_the_first_free_locker_and_the_ledger_says_whi
         ("A1", "note", {"text": "stand in locker 1", "locker": "1"}),
     ]
     assert "put the stand in locker 1" in told(actions).text
+
+
+def test_a_finished_stand_gets_a_locker_only_once_the_belt_brought_it_here():
+    on_belt = finished("A1", position="transfer")
+    assert pickup().handle(LedgerChanged(frozenset({"A1"})), view(on_belt)) == []
+    carried = pickup(arrival="finished").handle(LedgerChanged(frozenset({"A1"})), view(on_belt))
+    assert ("A1", "step_started", {"step": "pickup", "locker": "1"}) in records(carried)
 
 
 def test_a_stand_still_on_the_line_gets_no_locker():
@@ -175,8 +182,9 @@ def test_a_stand_not_ready_yet_says_where_it_is():
     (job("A1", "done", "done", position="laser"), "on its way to the printer, about 3 minutes"),
     (job("A1", "done", "done", "pending", position="printer"), "at the printer, about 3 minutes"),
     (job("A1", "done", "failed", position="laser"), "held at the laser: the staff will help"),
+    (finished("A1", position="printer"), "on its way to the pickup, any moment now"),
     (finished("A1"), "at the pickup, waiting for a free locker, any moment now"),
-], ids=["on_its_way", "arrived", "failed_step", "waiting_for_a_locker"])
+], ids=["on_its_way", "arrived", "failed_step", "on_its_way_to_the_pickup", "waiting_for_a_locker"])
 def test_the_answer_names_the_place_in_the_visitors_words(state, where):
     actions = pickup(minutes_per_step=3).handle(Scan("scanner", signed(order_id="A1")), view(state))
     assert told(actions).text == f"your stand is {where}"
@@ -353,6 +361,7 @@ def test_a_visitor_collects_a_stand_at_a_real_pickup_node_with_no_console(tmp_pa
                                                   "order": {"order_id": "VISIT1"}})
     for step in route[:-1]:
         store.append("VISIT1", "step_done", step, {"step": step})
+    store.append("VISIT1", "step_arrived", "transfer", {"step": "pickup"})  # the belt's beam at the pickup
     node.post("ledger_changed", {"jobs": ["VISIT1"]})
     runner = threading.Thread(target=node.loop, daemon=True)  # signals are the main thread's: no run()
     runner.start()

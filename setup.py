@@ -24,6 +24,7 @@ setup(
         "segno>=1.5",
         "zxing-cpp>=2.2",
         "pillow>=10",
+        "tomli-w>=1.0",  # the simulated line writes station files
     ],
     extras_require={
         "pi": ["picamera2", "lgpio"],

@@ -1,8 +1,11 @@
 """`edge demo`: the simulated trailer line, end to end, on this machine.
 
 A real mosquitto runs the shipped hub config; six `edge run` processes run the example
-stations with mock pins; a dashboard watches over MQTT. A visitor's signed order is launched
-at intake and walks its route; the hub broker loses power halfway and the line carries on.
+station files (examples/line/) on mock pins, with a simulated world behind the pins (carriers
+on the belt break its beams, visitors open their lockers). Nobody types at a console: a
+visitor's QR code is scanned at intake, the line makes the stand by itself, the visitor scans
+the same code at pickup and takes it from the locker that opens. Halfway, the hub broker loses
+power and the stations carry on offline.
 """
 
 from __future__ import annotations
@@ -15,14 +18,12 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from edge.cli import arg, command
 
 STATIONS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
-GPIO_TYPES = ("digital_output", "digital_input", "emergency_stop", "door_interlock")
 
 
 _SAY = threading.Lock()
@@ -33,18 +34,6 @@ def say(text: str = "") -> None:
     with _SAY:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
-
-
-def gpio_hardware(example: Path) -> str:
-    """The GPIO devices of an example station file, as TOML (serial devices, scanners and
-    the Pi camera need real ports or a sensor, so the demo leaves them out)."""
-    doc = tomllib.loads(example.read_text())
-    out = []
-    for name, device in doc.get("hardware", {}).items():
-        if device.get("type") in GPIO_TYPES:
-            out.append(f"\n[hardware.{name}]")
-            out += [f"{key} = {json.dumps(value)}" for key, value in device.items()]
-    return "\n".join(out) + "\n"
 
 
 class Dashboard:
@@ -87,15 +76,15 @@ class Dashboard:
 
 
 @command(
-    "demo", "run the simulated trailer line: broker, six stations, a visitor's order",
-    arg("--keep", metavar="DIR", help="keep the line's files (logs, ledgers) in DIR"),
-    arg("--pace", type=float, default=0.4, help="seconds between steps (default 0.4)"),
+    "demo", "run the simulated trailer line: broker, six stations, visitors and their QR codes",
+    arg("--keep", metavar="DIR", help="keep the line's files (logs, ledgers, station files) in DIR"),
+    arg("--visitors", type=int, default=1, choices=range(1, 13), metavar="N",
+        help="how many visitors order a stand (1-12, default 1); more show the line's queue"),
     arg("--log-level", choices=("debug", "info", "warning"), default="info", help="the stations' log level"),
     description=__doc__,
 )
 def demo(args: argparse.Namespace) -> int:
-    from edge.orders import Order, private_key_from_pem, sign_order
-    from edge.sim.line import EXAMPLES, SimBroker, SimNode, converged, password_of, wait_until
+    from edge.sim.line import SimBroker, SimNode, converged, password_of, wait_until
 
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("edge demo: mosquitto is not installed (apt-get install mosquitto, or run `make demo`)",
@@ -108,72 +97,82 @@ def demo(args: argparse.Namespace) -> int:
                        people={"dashboard": password_of("dashboard")})
     nodes: dict[str, SimNode] = {}
     dashboard: Dashboard | None = None
+    screens: Screens | None = None
     try:
         say(f"== The trailer's hub broker (systemd/mosquitto/hub.conf): nodes on :{broker.port}, "
             f"dashboards on :{broker.people_port}")
         broker.start()
         for kind, name in zip(STATIONS, names, strict=True):
-            nodes[kind] = SimNode(workdir, name, broker.port, kind=kind,
-                                  hardware=gpio_hardware(EXAMPLES / f"{kind}.toml"),
+            nodes[kind] = SimNode(workdir, name, broker.port, kind=kind, example=True, world=True,
                                   log_level=args.log_level).start()
         wait_until(lambda: all(n.status()["mqtt"]["connected"] for n in nodes.values()), 30, "stations online")
+        say("== Six stations from examples/line/*.toml, on mock pins with a simulated world behind them:")
         for node in nodes.values():
             st = node.status()
             outputs = [d for d, v in st["devices"].items() if v["type"] == "digital_output"]
             say(f"   {node.name:<13} {st['state']:<6} outputs safe: {', '.join(outputs) or '-'}")
         dashboard = Dashboard(broker.people_port, password_of("dashboard"))
+        screens = Screens(list(nodes.values()))
 
-        key = private_key_from_pem((EXAMPLES.parent / "keys" / "EXAMPLE-ONLY-order-signing.pem").read_bytes())
-        order = Order(f"V{int(time.time()) % 100000:05d}", "stand", {"colour": "red", "text": "Hello Lyon"},
-                      issued_at=int(time.time()), expires_at=int(time.time()) + 86400, key_id="example-1")
-        payload = sign_order(order, key)
-        say(f"\n== A visitor's app shows a QR code: order {order.order_id}, a red stand engraved 'Hello Lyon'")
+        orders = [visitor_order(i) for i in range(args.visitors)]
+        first, payload = orders[0]
+        say(f"\n== A visitor's app shows a QR code: order {first}, a red stand engraved 'Hello Lyon'")
         say(qr_text(payload))
         say(f"   payload ({len(payload)} characters): {payload}")
-        try:
-            nodes["intake"].command("launch " + payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1])
-        except RuntimeError as exc:
-            say(f"   a tampered copy is refused: {str(exc).split(' -> ')[-1]}")
-        launched = nodes["intake"].command(f"launch {payload}")
-        say(f"== Scanned at intake: job {launched['job']} launched, route {' -> '.join(launched['route'])}")
-        job = launched["job"]
-        for kind in launched["route"]:
-            node = nodes[kind]
-            wait_until(lambda node=node: _has_job(node, job), 30, f"{kind} to hear of the job")
-            if kind == "printer":
-                say("\n== The hub Pi loses power: the broker is gone. The printer works on, offline.")
-                broker.kill()
-                wait_until(lambda node=node: not node.status()["mqtt"]["connected"], 30, "printer to notice")
-            node.command(f"step {job} started")
-            time.sleep(args.pace)
-            node.command(f"step {job} done")
-            time.sleep(args.pace)
-            if kind == "printer":
-                say(f"   printer-1 outbox: {node.status()['outbox']} event(s) kept on disk, waiting")
-                say("== Power is back: the broker restarts, the outbox drains.")
-                broker.start()
-                wait_until(lambda node=node: node.status()["outbox"] == 0, 30, "the printer's outbox to drain")
-        done = nodes["pickup"].command(f"complete {job}")
-        say(f"\n== Handed over at pickup: job {job} is {done['status']}.")
+        say("== Someone scans a tampered copy at intake:")
+        nodes["intake"].scan(payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1])
+        refused = wait_until(lambda: _last_scan(nodes["intake"], lambda s: not s.get("ok")), 30, "the refusal")
+        say(f"   refused, red light: {refused.get('reason')}")
+        say("== The visitor scans the real code at intake; nobody touches a console from here on:")
+        for job, code in orders:
+            nodes["intake"].scan(code)
+            wait_until(lambda job=job: _last_scan(nodes["intake"], lambda s, j=job: s.get("job") == j), 30,
+                       f"intake to launch {job}")
+        wait_until(lambda: _step(nodes["pickup"], first, "laser") == "running", 60, "the laser to start")
+        nodes["pickup"].scan(payload)
+        say("== The visitor is impatient and scans the code at pickup already:")
+        answer = wait_until(lambda: _last_scan(nodes["pickup"], lambda s: s.get("reason") == "not_ready"), 30,
+                            "the pickup's answer")
+        say(f"   pickup-1 answers: {nodes['pickup'].status()['station']['message']['text']} ({answer['job']})")
+        printer = nodes["printer"]
+        wait_until(lambda: _step(printer, first, "printer") == "running", 60, "the printer to start")
+        say("\n== The hub Pi loses power: the broker is gone. The printer works on, offline.")
+        broker.kill()
+        wait_until(lambda: _step(printer, first, "printer") == "done", 60, "the printer to finish")
+        say(f"   printer-1 outbox: {printer.status()['outbox']} event(s) kept on disk, waiting")
+        say("== Power is back: the broker restarts, the outbox drains, the line moves on.")
+        broker.start()
+        wait_until(lambda: printer.status()["outbox"] == 0, 30, "the printer's outbox to drain")
+        for job, code in orders:
+            wait_until(lambda job=job: _step(nodes["pickup"], job, "pickup") == "running", 120,
+                       f"job {job} to reach a locker")
+            say(f"== The visitor of order {job} scans the same QR code at pickup:")
+            nodes["pickup"].scan(code)
+            wait_until(lambda job=job: _status(nodes["pickup"], job) == "completed", 60,
+                       f"the visitor to take the stand of {job}")
+            say(f"   job {job} completed: the visitor took the stand and shut the locker")
         # what each station recorded itself is what every station must end up holding
+        screens.close()
         origins = {n.name: n.origin for n in nodes.values()}
         expected = {origins[n.name]: n.status()["vector"].get(origins[n.name], 0) for n in nodes.values()}
         expected = {o: v for o, v in expected.items() if v}
         wait_until(converged(list(nodes.values()), expected), 30, "every station to agree")
-        say("== Every station holds the same ledger and the same job state:")
-        states = {kind: node.command(f"job {job}") for kind, node in nodes.items()}
+        say("\n== Every station holds the same ledger and the same job state:")
+        states = {kind: node.command(f"job {first}") for kind, node in nodes.items()}
         for kind, node in nodes.items():
             st = node.status()
             same = "same" if states[kind] == states["pickup"] else "DIFFERENT"
             say(f"   {node.name:<13} events {sum(st['vector'].values()):>3}  job {states[kind]['status']:<9} ({same})")
         ok = all(s == states["pickup"] for s in states.values())
         if args.keep:
-            say(f"\nFiles of this run (logs, ledgers, broker config): {workdir}")
+            say(f"\nFiles of this run (logs, ledgers, station files, broker config): {workdir}")
         return 0 if ok else 1
     except (RuntimeError, AssertionError, OSError) as exc:
         print(f"edge demo: {exc}", file=sys.stderr)
         return 1
     finally:
+        if screens is not None:
+            screens.close()
         if dashboard is not None:
             dashboard.close()
         for node in nodes.values():
@@ -183,11 +182,69 @@ def demo(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _has_job(node: Any, job: str) -> bool:
+def visitor_order(i: int) -> tuple[str, str]:
+    """The order id and signed QR payload of visitor `i` (the EXAMPLE order key)."""
+    from edge.orders import Order, private_key_from_pem, sign_order
+    from edge.sim.line import EXAMPLE_ORDER_KEY
+
+    key = private_key_from_pem(EXAMPLE_ORDER_KEY.read_bytes())
+    now = int(time.time())
+    order_id = f"V{now % 100000:05d}{chr(ord('A') + i)}"
+    texts = ["Hello Lyon", "Bonjour", "Merci", "Salut", "Ciao", "Hola", "Hej", "Ahoj", "Moin", "Servus",
+             "Hallo", "Hi"]
+    colours = ["red", "blue", "green", "white", "black"]
+    order = Order(order_id, "stand", {"colour": colours[i % len(colours)], "text": texts[i]}, issued_at=now,
+                  expires_at=now + 86400, key_id="example-1")
+    return order_id, sign_order(order, key)
+
+
+class Screens:
+    """What each station's screen says, as it changes: a thread polls the stations' status
+    (read-only console queries: the line is not driven from here)."""
+
+    def __init__(self, nodes: list[Any]):
+        self.nodes = nodes
+        self.seen: dict[str, Any] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(0.1):
+            for node in self.nodes:
+                try:
+                    message = node.status()["station"].get("message")
+                except (RuntimeError, KeyError, OSError):
+                    continue
+                if message and message != self.seen.get(node.name):
+                    self.seen[node.name] = message
+                    say(f"   [{node.name}] {message['text']}")
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+
+
+def _last_scan(node: Any, check: Any) -> dict[str, Any] | None:
+    last = node.status()["station"].get("last_scan")
+    return last if last and check(last) else None
+
+
+def _job(node: Any, job: str) -> dict[str, Any] | None:
     try:
-        return node.command(f"job {job}")["status"] != "unknown"
+        return node.command(f"job {job}")
     except RuntimeError:
-        return False
+        return None
+
+
+def _status(node: Any, job: str) -> str | None:
+    state = _job(node, job)
+    return state["status"] if state else None
+
+
+def _step(node: Any, job: str, step: str) -> str | None:
+    state = _job(node, job)
+    return next((s["status"] for s in state["steps"] if s["step"] == step), None) if state else None
 
 
 def qr_text(payload: str) -> str:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -268,13 +269,44 @@ stdin = true
 {hardware}"""
 
 
+def example_station_text(kind: str, name: str, data_dir: Path, port: int, password_file: Path,
+                         line_file: Path, key_file: Path, log_level: str = "info") -> str:
+    """examples/line/<kind>.toml made to run here: the same `[station]` and GPIO devices (on
+    mock pins), its node and MQTT sections pointing at the simulated line, each scanner reading
+    a FIFO `<data_dir>/../<device>.fifo` (`SimNode.scan` writes to it), and the serial devices
+    and cameras, which need a real port or sensor, left out. Its console is on stdin."""
+    import tomllib
+
+    import tomli_w
+
+    doc = tomllib.loads((EXAMPLES / f"{kind}.toml").read_text())
+    doc["node"].update(id=name, data_dir=str(data_dir), line_file=str(line_file), key_file=str(key_file),
+                       pin_factory="mock", log_level=log_level)
+    doc["mqtt"] = {"host": "127.0.0.1", "port": port, "username": name, "password_file": str(password_file),
+                   "keepalive": 2}
+    hardware = {}
+    for device, spec in doc.get("hardware", {}).items():
+        if spec.get("type") == "scanner":
+            hardware[device] = {"type": "scanner", "source": "file", "path": str(data_dir.parent / f"{device}.fifo")}
+        elif spec.get("type") not in ("serial", "camera"):
+            hardware[device] = spec
+    doc["hardware"] = hardware
+    doc["console"] = {"stdin": True}
+    return tomli_w.dumps(doc)
+
+
 class SimNode:
-    """One `edge run` process of the simulated line, driven through its stdin console."""
+    """One `edge run` process of the simulated line, driven through its stdin console.
+
+    `example=True` runs examples/line/<kind>.toml (see `example_station_text`), `world=True`
+    puts the simulated world behind its pins (`edge run --world`: the belt, the visitors)."""
 
     def __init__(self, workdir: Path, name: str, port: int, kind: str = "transfer", keepalive: int = 2,
                  protocol: str = "5", password: str | None = None, mqtt_extra: str = "", hardware: str = "",
-                 log_level: str = "info", line_file: Path | None = None, username: str | None = None):
+                 log_level: str = "info", line_file: Path | None = None, username: str | None = None,
+                 example: bool = False, world: bool = False):
         self.name = name
+        self.world = world
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -289,9 +321,19 @@ class SimNode:
                 sim_line_file(line_file, [name])
         self.line_file = line_file
         self.config = self.dir / "station.toml"
-        self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol,
-                                            mqtt_extra, hardware or SIM_HARDWARE.get(kind, ""), line_file=line_file, log_level=log_level,
-                                            key_file=key, username=username))
+        if example:
+            self.config.write_text(example_station_text(kind, name, self.data_dir, port, pw, line_file, key, log_level))
+        else:
+            self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol, mqtt_extra,
+                                                hardware or SIM_HARDWARE.get(kind, ""), line_file=line_file,
+                                                log_level=log_level, key_file=key, username=username))
+        self.fifos: dict[str, Path] = {}
+        for device, spec in tomllib.loads(self.config.read_text()).get("hardware", {}).items():
+            path = spec.get("path")
+            if spec.get("type") == "scanner" and spec.get("source") == "file" and path:
+                self.fifos[device] = Path(path)
+                if not self.fifos[device].exists():
+                    os.mkfifo(path)
         self.proc: subprocess.Popen[str] | None = None
         self.replies: queue.Queue[str] = queue.Queue()
         self.lock = threading.Lock()
@@ -300,7 +342,7 @@ class SimNode:
         self.replies = queue.Queue()
         with open(self.log, "a") as logf:
             self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(self.config),
-                                          "--log-format", "text"], cwd=CHECKOUT, text=True, bufsize=1,
+                                          "--log-format", "text", *(["--world"] if self.world else [])], cwd=CHECKOUT, text=True, bufsize=1,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
                                          env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
         threading.Thread(target=self._read, args=(self.proc, self.replies), daemon=True).start()
@@ -361,6 +403,16 @@ class SimNode:
 
     def status(self) -> dict[str, Any]:
         return self.command("status")
+
+    def scan(self, text: str, device: str = "scanner") -> None:
+        """Someone holds a code to the node's scanner `device` (a line into its FIFO)."""
+        if device not in self.fifos:
+            raise RuntimeError(f"{self.name} has no FIFO scanner {device!r} (has: {', '.join(self.fifos) or 'none'})")
+        fd = os.open(self.fifos[device], os.O_WRONLY | os.O_NONBLOCK)  # no reader: fails, never hangs
+        try:
+            os.write(fd, (text + "\n").encode())
+        finally:
+            os.close(fd)
 
     @property
     def origin(self) -> str:

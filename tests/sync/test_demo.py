@@ -1,15 +1,38 @@
-"""`edge demo`, the README's first command, runs the whole simulated line and says so."""
+"""`edge demo`, the README's first command: the example stations make a stand by themselves,
+from a visitor's scan at intake to the locker at pickup, with nobody driving a console."""
 
 from __future__ import annotations
 
 from trailer import run_edge
 
+from edge.store import Store
 
-def test_the_demo_line_makes_a_stand_and_every_station_agrees(tmp_path):
-    result = run_edge("demo", "--pace", "0", "--keep", str(tmp_path / "line"), timeout=240)
+STATIONS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
+
+
+def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_path):
+    result = run_edge("demo", "--visitors", "2", "--keep", str(tmp_path / "line"), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "a tampered copy is refused" in out and "bad_signature" in out
-    assert "job completed (same)" in out and out.count("(same)") == 6
-    assert "DIFFERENT" not in out
+    assert "refused, red light: bad_signature" in out
+    assert "pickup-1 answers: your stand is at the laser" in out
+    assert out.count("completed: the visitor took the stand and shut the locker") == 2
+    assert out.count("job completed (same)") == 6 and "DIFFERENT" not in out
     assert (tmp_path / "line" / "hub" / "mosquitto.conf").exists()
+
+    store = Store.open(tmp_path / "line" / "pickup-1" / "data", readonly=True)
+    try:
+        events = list(store.events_since({}))
+        jobs = {e.job for e in events}
+        assert len(jobs) == 2
+        for job in jobs:
+            state = store.job(job)
+            assert state.status == "completed"
+            # every step done once, by the station of its kind, on its own
+            assert {(s.step, s.status, s.node, s.attempts if s.step != "intake" else 1)
+                    for s in state.steps} == {(k, "done", f"{k}-1", 1) for k in STATIONS}
+    finally:
+        store.close()
+    operator = [e for e in events if e.type in ("override", "step_skipped", "cancelled") or e.data.get("manual")]
+    assert operator == []  # no console command moved the line
+    assert len({e.id for e in events}) == len(events)

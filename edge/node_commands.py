@@ -134,7 +134,7 @@ class NodeCommands:
         if args["mode"] not in ("auto", "manual"):
             raise CommandError(f"mode {args['mode']!r} is not auto or manual")
         result = self._engine().set_mode(args["mode"])
-        self.node.record_operator("mode", result)
+        self.node.record_operator("mode", result, f"mode {result['mode']}")
         return result
 
     def _cmd_reset(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +142,7 @@ class NodeCommands:
             result = self._engine().reset()
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        self.node.record_operator("reset", result)
+        self.node.record_operator("reset", result, "reset, cleared " + (" and ".join(result["cleared"]) or "nothing"))
         return result
 
     def _cmd_retry(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -319,3 +319,5 @@ def test_an_estop_on_a_real_transfer_node_stops_the_belt_and_only_reset_lets_it_
         node.post("test_reset")
         wait_for(lambda: replies and conveyor.state)  # the operator's reset, and the move carries on
         assert replies[0].ok and "emergency stop" in replies[0].result["cleared"]
+        # the reset is in the ledger, on the job whose part was on the belt
+        assert "transfer-1: operator: reset, cleared emergency stop" in node.store.job("VISIT2").notes

@@ -12,6 +12,7 @@ import base64
 import binascii
 import importlib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,7 @@ def load_station(path: str | Path) -> StationConfig:
     mqtt = _read_mqtt(doc, node)
     station = _read_station(doc)
     hardware = _read_hardware(doc)
-    _check_lights(doc, station, hardware)
+    _check_station_hardware(doc, station, hardware)
     console = _read_console(doc, hardware)
     doc.finish_top(("node", "mqtt", "station", "hardware", "console"))
     doc.raise_if_issues()
@@ -278,15 +279,44 @@ def _read_station(doc: Document) -> StationSection:
     return StationSection(kind or "", title or "", options, lights, mode or "auto")
 
 
-def _check_lights(doc: Document, station: StationSection, hardware: dict[str, HardwareConfig]) -> None:
+def hardware_problems(needs: Iterable[tuple[str, str | None, str]], types: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(key, problem) for each device a `[station]` key names (`needs`: key, device, the type it
+    must be; a None device is an unset optional key) that is not declared with that type."""
+    problems = []
+    for key, name, kind in needs:
+        if name is None:
+            continue
+        have = types.get(name)
+        if have is None:
+            problems.append((key, f"no device [hardware.{name}]{did_you_mean(name, types)}"))
+        elif have != kind:
+            problems.append((key, f"[hardware.{name}] is a {have}, not a {kind}"))
+    return problems
+
+
+def station_needs(station: StationSection) -> list[tuple[str, str | None, str]]:
+    """Every device the station's keys name, with the type each must be: the lamps, and what
+    the kind's module asks for (`hardware(options)` in stations/<kind>.py)."""
+    needs: list[tuple[str, str | None, str]] = [
+        ("buzzer" if role == "buzzer" else f"light_{role}", name, "digital_output")
+        for role, name in station.lights.items()]
+    try:
+        module = importlib.import_module(f"stations.{station.kind}")
+    except ImportError:
+        return needs
+    wanted = getattr(module, "hardware", None)
+    if wanted is not None and station.options is not None:
+        needs += wanted(station.options)
+    return needs
+
+
+def _check_station_hardware(doc: Document, station: StationSection, hardware: dict[str, HardwareConfig]) -> None:
+    """A key naming a device that is not declared, or not of the type it needs, is an issue at
+    that key's line (not a station that faults when the node starts)."""
     s = doc.section("station")
-    for role, name in station.lights.items():
-        key = "buzzer" if role == "buzzer" else f"light_{role}"
-        device = hardware.get(name)
-        if device is None:
-            s.issue(key, f"no device [hardware.{name}]{did_you_mean(name, hardware)}")
-        elif device.type != "digital_output":
-            s.issue(key, f"[hardware.{name}] is a {device.type}, not a digital_output")
+    for key, problem in hardware_problems(station_needs(station), {n: d.type for n, d in hardware.items()}):
+        top, _, sub = key.partition(".")
+        s.issue(top, f"{sub}: {problem}" if sub else problem)
 
 
 def _read_hardware(doc: Document) -> dict[str, HardwareConfig]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge.config import LineConfig
+from edge.config import LineConfig, hardware_problems
 from edge.ledger import JobState
 
 if TYPE_CHECKING:
@@ -124,6 +124,14 @@ class StationInfo:
     node: str
     kind: str
     hardware: Mapping[str, str]  # device name -> type
+
+
+def check_hardware(needs: list[tuple[str, str | None, str]], info: StationInfo) -> None:
+    """Raise ValueError naming every device a `[station]` key names (`needs`: key, device,
+    type) that the station does not declare with that type: a station fault, not a crash."""
+    problems = hardware_problems(needs, info.hardware)
+    if problems:
+        raise ValueError("; ".join(f"[station] {key}: {problem}" for key, problem in problems))
 
 
 @dataclass(frozen=True)

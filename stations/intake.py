@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.configfile import Section
-from edge.engine import Action, Boot, Event, Flash, Record, Scan, StationInfo, Tell, View
+from edge.engine import Action, Boot, Event, Flash, Record, Scan, StationInfo, Tell, View, check_hardware
 from edge.orders import verify_order
 
 CARRIER_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -137,5 +137,12 @@ class Intake:
                 "waiting_carrier": self.pending_carrier[0] if self.pending_carrier else None}
 
 
+def hardware(options: IntakeOptions) -> list[tuple[str, str | None, str]]:
+    """The devices the keys name, with the type each must be (checked by `edge check-config`)."""
+    return [("scanner", options.scanner, "scanner"), ("carrier_scanner", options.carrier_scanner, "scanner")]
+
+
 def machine(options: IntakeOptions | None, info: StationInfo) -> Intake:
-    return Intake(options or IntakeOptions(carriers=tuple(f"T{n:02d}" for n in range(1, 13))), info)
+    options = options or IntakeOptions(carriers=tuple(f"T{n:02d}" for n in range(1, 13)))
+    check_hardware(hardware(options), info)
+    return Intake(options, info)

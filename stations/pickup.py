@@ -46,6 +46,7 @@ from edge.engine import (
     Tell,
     Tick,
     View,
+    check_hardware,
 )
 from edge.ledger import JobState
 from edge.orders import verify_order
@@ -385,20 +386,17 @@ def _noted_locker(state: JobState, node: str) -> str | None:
     return found[-1] if found else None
 
 
+def hardware(options: PickupOptions) -> list[tuple[str, str | None, str]]:
+    """The devices the keys name, with the type each must be (checked by `edge check-config`)."""
+    return [("scanner", options.scanner, "scanner"),
+            *((f"lockers.{sp.name}", sp.lock, "digital_output") for sp in options.lockers),
+            *((f"lockers.{sp.name}", sp.door, "digital_input") for sp in options.lockers)]
+
+
 def machine(options: PickupOptions | None, info: StationInfo) -> Pickup:
     """The pickup machine; a locker or scanner that is not declared hardware of the right type
     is a ValueError (the engine makes it a station fault)."""
     if options is None or not options.lockers:
         raise ValueError("[station] lockers lists no locker")
-    wrong = []
-    wanted = [(sp.lock, "digital_output") for sp in options.lockers] + [(sp.door, "digital_input")
-                                                                         for sp in options.lockers]
-    if options.scanner:
-        wanted.append((options.scanner, "scanner"))
-    for device, kind in wanted:
-        have = info.hardware.get(device)
-        if have != kind:
-            wrong.append(f"{device!r} is {'not declared' if have is None else 'a ' + have}, not a {kind}")
-    if wrong:
-        raise ValueError("pickup lockers: " + "; ".join(wrong))
+    check_hardware(hardware(options), info)
     return Pickup(options, info)

@@ -53,6 +53,7 @@ from edge.engine import (
     Tell,
     Tick,
     View,
+    check_hardware,
 )
 from edge.ledger import JobState
 
@@ -92,20 +93,11 @@ def read_config(s: Section) -> TransferOptions:
                            300 if debounce is None else debounce, scanner)
 
 
-def check_hardware(options: TransferOptions, hardware: dict[str, str]) -> None:
-    """Every device the keys name is declared, with the right type; else ValueError."""
-    wanted = [("conveyor", options.conveyor, "digital_output"), ("direction", options.direction, "digital_output"),
-              ("carrier_scanner", options.carrier_scanner, "scanner")]
-    wanted += [(f"beams.{kind}", device, "digital_input") for kind, device in options.beams]
-    problems = []
-    for key, name, kind in wanted:
-        if name is not None and hardware.get(name) != kind:
-            found = f"is a {hardware[name]}" if name in hardware else "is not declared"
-            problems.append(f"[station] {key}: [hardware.{name}] {found}, not a {kind}")
-    if not options.beams:
-        problems.append("[station] beams: name the beam-break input at each station's entry")
-    if problems:
-        raise ValueError("; ".join(problems))
+def hardware(options: TransferOptions) -> list[tuple[str, str | None, str]]:
+    """The devices the keys name, with the type each must be (checked by `edge check-config`)."""
+    return [("conveyor", options.conveyor, "digital_output"), ("direction", options.direction, "digital_output"),
+            ("carrier_scanner", options.carrier_scanner, "scanner"),
+            *((f"beams.{kind}", device, "digital_input") for kind, device in options.beams)]
 
 
 @dataclass
@@ -364,5 +356,7 @@ class Transfer:
 
 def machine(options: TransferOptions | None, info: StationInfo) -> Transfer:
     options = options or TransferOptions()
-    check_hardware(options, dict(info.hardware))
+    if not options.beams:
+        raise ValueError("[station] beams: name the beam-break input at each station's entry")
+    check_hardware(hardware(options), info)
     return Transfer(options, info)

@@ -333,9 +333,9 @@ def test_a_locker_on_hardware_of_the_wrong_type_is_a_clear_station_fault():
                                      LockerSpec("2", "nope", "locker_door_2")))
     with pytest.raises(ValueError) as err:
         machine(options, INFO)
-    assert str(err.value) == ("pickup lockers: 'locker_door_1' is a digital_input, not a digital_output; "
-                              "'nope' is not declared, not a digital_output; "
-                              "'locker_1' is a digital_output, not a digital_input")
+    assert str(err.value) == ("[station] lockers.1: [hardware.locker_door_1] is a digital_input, not a "
+                              "digital_output; [station] lockers.2: no device [hardware.nope]; "
+                              "[station] lockers.1: [hardware.locker_1] is a digital_output, not a digital_input")
 
 
 # ---------------------------------------------------------------- a real node

@@ -5,6 +5,7 @@ pins, where a carrier breaking a beam is a pin pulled low."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -181,7 +182,7 @@ def test_hardware_the_keys_name_must_be_declared_with_the_right_type():
     wrong = StationInfo("transfer-1", "transfer", {**HARDWARE, "beam_printer": "digital_output"})
     with pytest.raises(ValueError, match=r"beams.printer: \[hardware.beam_printer\] is a digital_output"):
         machine(TransferOptions(beams=BEAMS), wrong)
-    with pytest.raises(ValueError, match=r"direction: \[hardware.reverse\] is not declared"):
+    with pytest.raises(ValueError, match=r"direction: no device \[hardware.reverse\]"):
         machine(TransferOptions(beams=BEAMS, direction="reverse"), INFO)
 
 
@@ -194,6 +195,19 @@ def test_a_station_file_naming_a_beam_for_an_unknown_station_is_refused_with_its
     path.write_text(path.read_text().replace("printer = \"beam_printer\"", "priter = \"beam_printer\""))
     with pytest.raises(Exception, match=r"transfer.toml:\d+: \[station\] beams: 'priter' is not a station"):
         load_station(path)
+
+
+def test_a_beam_naming_no_declared_input_is_refused_by_check_config_with_its_line(tmp_path):
+    from trailer import example_station, run_edge
+
+    path = example_station("transfer", tmp_path)
+    path.write_text(path.read_text().replace('printer = "beam_printer"', 'printer = "beam_printr"')
+                    .replace('conveyor = "conveyor"', 'conveyor = "beam_laser"'))
+    result = run_edge("check-config", str(path))
+    assert result.returncode == 1
+    assert re.search(r"transfer.toml:\d+: \[station\] beams: printer: no device \[hardware.beam_printr\] "
+                     r"\(did you mean 'beam_printer'\?\)", result.stdout + result.stderr)
+    assert "[station] conveyor: [hardware.beam_laser] is a digital_input, not a digital_output" in result.stderr
 
 
 # ---------------------------------------------------------------- random beams

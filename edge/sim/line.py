@@ -222,8 +222,8 @@ class SimBroker:
 
 SIM_STATION_KEYS = {  # what a simulated station of a kind needs besides its kind
     "intake": 'carriers = [' + ", ".join(f'"T{n:02d}"' for n in range(1, 41)) + ']\nmax_open_jobs = 40\n',
-    # the simulated line is driven from consoles (`step`) until the world simulator drives its
-    # pins: the conveyor and the lockers start in manual mode
+    # tests that drive jobs from consoles (`step`) want the conveyor and the lockers still: they
+    # start in manual mode (SimNode(example=True, world=True) runs the example files instead)
     "transfer": 'mode = "manual"\nbeams = {laser = "beam_laser", printer = "beam_printer", '
                 'inspection = "beam_inspection", pickup = "beam_pickup"}\n',
     "pickup": 'mode = "manual"\nlockers = [{lock = "locker_1", door = "locker_door_1"}]\n',

@@ -179,9 +179,11 @@ class Engine:
 
     # -- feeding
     def feed(self, event: Event) -> None:
-        if isinstance(event, SafetyChanged) and event.tripped and not self.latched:
-            self.latched = True
-            self.node._update_state()
+        if isinstance(event, SafetyChanged) and event.tripped:
+            self.flash = None  # a visitor's green must not come back over the stop's red
+            if not self.latched:
+                self.latched = True
+                self.node._update_state()
         if self.mode == "manual" and not isinstance(event, SafetyChanged):
             if isinstance(event, Tick):
                 self.light()

@@ -238,8 +238,11 @@ class Pickup:
         locker.job = job
         name = locker.spec.name
         step = {"step": self.info.kind, "locker": name}
-        records = [] if arrived else [Record(job, "step_arrived", {"step": self.info.kind}),
-                                      Record(job, "step_started", step)]
+        state = view.jobs.get(job)
+        here = state is not None and state.position == self.info.kind  # the belt said so already
+        records: list[Action] = [] if arrived else [Record(job, "step_started", step)]
+        if not arrived and not here:
+            records.insert(0, Record(job, "step_arrived", {"step": self.info.kind}))
         return records + [Record(job, "note", {"text": f"stand in locker {name}", "locker": name}),
                           Tell(f"job {job}: put the stand in locker {name}")]
 

@@ -124,3 +124,55 @@ def running(node):
         node.post("stop", {"reason": "test over"})
         loop.join(10)
         node.shutdown()
+
+
+class Ticks:
+    """Counts the ticks of a node's loop, so a test awaits "a few ticks went by" instead of
+    sleeping a guessed time (install before or after start: the loop looks `_tick` up each time)."""
+
+    def __init__(self, node) -> None:
+        self.count = 0
+        self.cond = threading.Condition()
+        tick = node._tick
+
+        def counted() -> None:
+            try:
+                tick()
+            finally:
+                with self.cond:
+                    self.count += 1
+                    self.cond.notify_all()
+
+        node._tick = counted
+
+    def wait(self, more: int = 3, timeout: float = 10) -> None:
+        """Block until `more` whole ticks ran after this call."""
+        with self.cond:
+            target = self.count + more + 1  # the tick under way when called may have started before
+            assert self.cond.wait_for(lambda: self.count >= target, timeout), "the node stopped ticking"
+
+
+def on_loop(node, fn: Callable[[], object], timeout: float = 10) -> object:
+    """Run `fn` on a running node's loop thread (where the ledger and the station live) and
+    return what it returns (or raise what it raised)."""
+    done = threading.Event()
+    out: dict[str, object] = {}
+    kind = f"test_call_{id(done)}"
+
+    def call(_event) -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test's thread
+            out["error"] = exc
+        finally:
+            done.set()
+
+    node.on(kind, call)
+    node.post(kind)
+    try:
+        assert done.wait(timeout), "the node loop did not run the call"
+    finally:
+        node.handlers.pop(kind, None)
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out.get("value")

@@ -7,6 +7,7 @@ resource fail at start-up naming both, not mid-job. Tests swap the pin factory, 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,9 @@ class Board:
         self.cameras: dict[str, FileCamera | PiCamera] = {}
         self.scanners: dict[str, Scanner] = {}
         self.faults: dict[str, str] = {}
+        # drive's check-then-set and the trip callback's safe_all exclude each other, so an
+        # output the loop sets while a stop opens cannot end up on after it was forced safe
+        self.safety_lock = threading.RLock()
 
     def claim(self, resource: str, owner: str) -> None:
         """Reserve a pin or port; a second claim fails naming both owners."""
@@ -109,12 +113,17 @@ class Board:
         if name not in self.outputs:
             raise KeyError(f"no output named {name!r} (outputs: {', '.join(self.outputs) or 'none'})")
         output = self.outputs[name]
-        if bool(value) != output.safe_state and self.tripped():
-            raise SafetyInterlock(f"{name}: refused, safety circuit open: {', '.join(self.tripped())}")
-        output.set(value)
+        with self.safety_lock:
+            if bool(value) != output.safe_state and self.tripped():
+                raise SafetyInterlock(f"{name}: refused, safety circuit open: {', '.join(self.tripped())}")
+            output.set(value)
 
     def safe_all(self) -> None:
         """Every output to its safe state; any thread, any time, idempotent."""
+        with self.safety_lock:
+            self._safe_all()
+
+    def _safe_all(self) -> None:
         for output in self.outputs.values():
             try:
                 output.safe()

@@ -90,12 +90,14 @@ def told(actions) -> Tell:
 
 def test_a_finished_stand_is_given_the_first_free_locker_and_the_ledger_says_which():
     actions = pickup().handle(LedgerChanged(frozenset({"A1"})), view(finished("A1")))
-    assert records(actions) == [
-        ("A1", "step_arrived", {"step": "pickup"}),
+    assert records(actions) == [  # the belt recorded its arrival: not once more here
         ("A1", "step_started", {"step": "pickup", "locker": "1"}),
         ("A1", "note", {"text": "stand in locker 1", "locker": "1"}),
     ]
     assert "put the stand in locker 1" in told(actions).text
+    carried = pickup(arrival="finished").handle(LedgerChanged(frozenset({"A1"})),
+                                                view(finished("A1", position="inspection")))
+    assert records(carried)[0] == ("A1", "step_arrived", {"step": "pickup"})  # the staff carried it here
 
 
 def test_a_finished_stand_gets_a_locker_only_once_the_belt_brought_it_here():

@@ -148,7 +148,7 @@ class View:
     safe: bool  # no safety circuit is open
     line: LineConfig | None
     lookup: Callable[[str], JobState | None]  # any job, open or archived
-    stopped: bool = False  # a circuit is open, a released stop is not reset yet, or the station is in fault
+    stopped: bool = False  # a circuit is open, a released stop is not reset yet, or the node is in fault
 
 
 class Machine(Protocol):
@@ -210,7 +210,8 @@ class Engine:
         return View(now=store.best_time_s() if store is not None else time.time(), node=self.node.config.node.id,
                     kind=self.node.config.station.kind, mode=self.mode, jobs=jobs, carriers=carriers,
                     inputs={n: bool(d.value) for n, d in board.inputs.items()}, safe=not board.tripped(),
-                    stopped=bool(board.tripped()) or self.latched or bool(self.fault), line=self.node.line, lookup=store.job if store is not None else (lambda _j: None))
+                    stopped=bool(board.tripped() or board.faults) or self.latched or bool(self.fault),
+                    line=self.node.line, lookup=store.job if store is not None else (lambda _j: None))
 
     # -- acting
     def apply(self, actions: list[Action]) -> None:

@@ -53,7 +53,8 @@ def example_station(name: str, tmp_path: Path, mqtt: str | None = None, scanner_
                     bench: bool = False) -> Path:
     """A copy of examples/line/<name>.toml with its data dir in tmp_path and MQTT off
     (or `mqtt`, the body of an [mqtt] section, instead). `scanner_fifo`: the scanner reads that
-    FIFO instead of its serial port. `bench`: no console, no serial board (only pins left)."""
+    FIFO instead of its serial port. `bench`: no console, no serial board, the camera on a
+    directory of images (what this machine has: pins and files)."""
     text = (EXAMPLES / f"{name}.toml").read_text()
     if scanner_fifo is not None:
         text = re.sub(r'source = "serial"[^\n]*\nport = "[^"]*"\nbaudrate = \d+\n',
@@ -61,6 +62,9 @@ def example_station(name: str, tmp_path: Path, mqtt: str | None = None, scanner_
     if bench:
         text = text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
         text = re.sub(r"\[hardware\.\w+\]\ntype = \"serial\".*?\n\n", "", text, flags=re.S)
+        frames = tmp_path / "frames"  # no sensor here: the camera serves a directory of images
+        frames.mkdir(exist_ok=True)
+        text = re.sub(r'source = "picamera2"\nresolution = [^\n]*\n', f'source = "file"\npath = "{frames}"\n', text)
     head, sep, rest = text.partition("[mqtt]\n")
     body, _, tail = rest.partition("\n\n")
     text = head + sep + (mqtt if mqtt is not None else "enabled = false") + "\n\n" + tail

@@ -378,7 +378,7 @@ line = "demo"
 line_file = "{EXAMPLES / 'line.toml'}"
 
 [station]
-kind = "transfer"
+kind = "inspection"
 
 [hardware.overhead]
 type = "camera"

@@ -75,6 +75,9 @@ class MqttLink:
 @dataclass
 class Peer:
     online: bool = False
+    # heard from it live (not a retained copy) since this node's last connect: a broker that
+    # lost power may restore an old retained "online" of a node that has stopped since
+    live: bool = False
     session: int = -1
     vector: dict[str, int] = field(default_factory=dict)
     vector_seen: bool = False
@@ -287,6 +290,8 @@ class Sync:
             return
         self.connected_gen = data["gen"]
         self.resumed = data.get("session_present", False)
+        for peer in self.peers.values():
+            peer.live = False
         self.counters["connects"] += 1
         self.inflight.clear()
         self.inflight_ids.clear()
@@ -424,16 +429,17 @@ class Sync:
     def _responsible_for(self, stream: str, asker: str) -> bool:
         """Whether this node re-sends events of `stream` that `asker` lacks: the stream's node
         does when online (and is not the asker), else the lowest-id online node holding most.
+        Online means its status says so and it was heard live since this node connected.
         A node that lost its store is sent its own earlier history by the others."""
         origin = node_of(stream)
         if origin == self.node:
             return True
         owner = self.peers.get(origin)
-        if origin != asker and owner is not None and owner.online:
+        if origin != asker and owner is not None and owner.online and owner.live:
             return False
         mine = self.store.vector().get(stream, 0)
         candidates = [(n, p.vector.get(stream, 0)) for n, p in self.peers.items()
-                      if p.online and n not in (asker, origin)]
+                      if p.online and p.live and n not in (asker, origin)]
         best = max([mine] + [have for _n, have in candidates])
         holders = sorted([n for n, have in candidates if have == best] + ([self.node] if mine == best else []))
         return bool(holders) and holders[0] == self.node
@@ -483,6 +489,8 @@ class Sync:
         if parsed is None:
             return self._drop(topic, "not a topic of this line")
         kind, who = parsed
+        if not retain and who != self.node and kind in ("events", "sync"):
+            self.peers.setdefault(who, Peer()).live = True
         try:
             if kind == "events":
                 if who != self.node:
@@ -495,7 +503,7 @@ class Sync:
                         self.vector_wanted = True
                     self._peer_vector(who, parse_vector(body["vector"]), body.get("resumed") is True)
             elif kind == "status":
-                self._status_seen(who, payload)
+                self._status_seen(who, payload, live=not retain)
             elif kind == "job":
                 self._job_seen(who, payload)
             elif kind == "cmd" and who == self.node and self.on_command is not None:
@@ -540,7 +548,7 @@ class Sync:
         if report.added and self.on_ingest is not None:
             self.on_ingest(report.added)
 
-    def _status_seen(self, who: str, payload: bytes) -> None:
+    def _status_seen(self, who: str, payload: bytes, live: bool = False) -> None:
         if not payload:
             return
         body = STATUS.parse(payload)
@@ -560,6 +568,8 @@ class Sync:
                 self.publish(self.topics.status(self.node), self._status("online"), retain=True)
             return
         peer = self.peers.setdefault(who, Peer())
+        if live:  # a goodbye (or a will) queued for us while we were away ends what came before it
+            peer.live = body["state"] == "online"
         if body["state"] == "online":
             peer.online, peer.session = True, body["session"]
         elif body["session"] >= peer.session:

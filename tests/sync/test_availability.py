@@ -143,3 +143,31 @@ def test_a_job_changed_offline_gets_its_retained_state_when_the_broker_returns(t
         assert state["status"] == "completed"
     finally:
         dash.close()
+
+
+def test_a_stale_retained_online_of_a_stopped_node_does_not_keep_its_events_from_a_newcomer(broker, line):
+    """The hub lost power and came back from a save older than the intake's goodbye: its
+    retained status says the intake is online, and it is not. The others must not wait for it
+    to re-send its own history: only a node heard live since they connected counts as online."""
+    intake, laser = line["intake-1"], line["laser-1"]
+    made = intake.notes("STALE1", 5)
+    origin = intake.origin
+    wait_until(converged([intake, laser], {origin: len(made)}), 30, "the laser to hold the intake's events")
+    topic = "fabrique/demo/node/intake-1/status"
+    seen = watcher(broker.port, "spare-1", password_of("spare-1"), topics=(topic,))
+    try:
+        online = wait_until(lambda: seen.on(topic), 10, "the intake's birth")[-1]
+    finally:
+        seen.close()
+    laser.stop()
+    intake.stop()  # its goodbye: retained "offline"...
+    stale = TestClient(broker.port, "intake-1", password_of("intake-1"), topics=())
+    try:  # ...overwritten by the old save's "online" (QoS 0: not queued for the laser's session)
+        stale.client.publish(topic, online, qos=0, retain=True).wait_for_publish(5)
+    finally:
+        stale.close()
+    laser.start()  # sees the intake "online" in the retained status, and never hears it live
+    printer = line["printer-1"]  # a newcomer that lacks the intake's events
+    wait_until(converged([printer], {origin: len(made)}), 30, "the laser to re-send the stopped intake's events")
+    printer.stop()
+    assert sorted(printer.ledger_ids()) == sorted(made)  # all of them, each once

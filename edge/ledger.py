@@ -12,16 +12,28 @@ content or HLC is refused (`EventVerifier`).
 Job state is a fold of the job's events sorted by (hlc, id); merging ledgers is a set union
 keyed by id. So replay, duplicates and any delivery order give the same state on every node.
 
-Conflicts are resolved by one rule, the lowest (hlc, id) wins, and are listed in the job
-state (`JobState.conflicts`) so the line sees them:
+Conflicts are resolved by one rule, the lowest (hlc, id) wins (save where a carrier reader
+says who has the part), and are listed in the job state (`JobState.conflicts`) so the line
+sees them:
 - `duplicate_launch`: the same order was launched twice (two intakes, offline);
-- `step_contention`: a step was started by a second station while the first held it;
+- `step_contention`: a step was started by a second node while the first held it (two lasers
+  cut off from each other). The first start keeps it, unless the second node has the part:
+  it is the node of the step's kind that recorded the step's latest `step_arrived` with the
+  job's carrier (`data.carrier`: its carrier reader saw the tray; a `step_failed` or an
+  `override` forgets that). It wins though it started later, even after the first reported
+  the step done, and the displaced start is the loser. A loser yields: its later
+  `step_progress`, `step_done` and `step_failed` on the step are ignored and listed here too
+  (until the step's next attempt), as are those of any node while another node's start holds
+  the step running (an operator's `override` is not a start: after it, any node but a loser
+  may report);
 - `event_after_close`: a step or a second closing event came after the job was closed;
-- `step_repeated`: a step was started again after it was done;
+- `step_repeated`: a step was started again after it was done (that node's reports on it
+  are then ignored, as a loser's are);
 - `carrier_changed`: the job was bound to a second carrier.
 
 A step's life: `step_arrived` (the part reached the station: the job's `position`), then
-`step_started`, any `step_progress` (percent), and `step_done` or `step_failed` (reason);
+`step_started`, any `step_progress` (percent; or `resumed` after the node rebooted), and
+`step_done` or `step_failed` (reason);
 `step_skipped` and `override` are an operator's. `carrier` binds the job to the carrier
 (tray) it travels on.
 """
@@ -264,6 +276,7 @@ class StepState:
     progress: int | None = None
     started_ms: int = 0
     ended_ms: int = 0
+    auto: bool = False  # the holding start was the station's own (`data.auto`), not an operator's
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "status": self.status, "node": self.node,
@@ -331,6 +344,7 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
     state = JobState(job)
     created: Event | None = None
     closed = False
+    claims: dict[str, _Claim] = {}
     for ev in ordered(events):  # dedupe before picking the job: one id, one event, everywhere
         if ev.job != job:
             continue
@@ -364,12 +378,12 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
                 state.conflicts.append(Conflict("event_after_close", state.closed_by, ev.id, "",
                                                 f"{ev.type} by {ev.node} after the job was {state.status}"))
         elif ev.type == "override":
-            _apply_override(state, ev)
+            _apply_override(state, ev, claims.setdefault(ev.step, _Claim()))
         elif closed:
             state.conflicts.append(Conflict("event_after_close", state.closed_by, ev.id, ev.step,
                                             f"{ev.type} after the job was {state.status}"))
         else:
-            _apply_step(state, ev)
+            _apply_step(state, ev, claims.setdefault(ev.step, _Claim()))
     if not closed:
         state.status = _status(state, created is not None)
     return state
@@ -407,11 +421,24 @@ def _step(state: JobState, name: str) -> StepState:
     return found
 
 
-def _apply_step(state: JobState, ev: Event) -> None:
+@dataclass
+class _Claim:
+    """What the fold remembers of who may report on one step (not part of the job's state)."""
+
+    losers: set[str] = field(default_factory=set)  # nodes whose start lost this attempt
+    reader: str = ""  # the node of the step's kind whose carrier reader last saw the job's carrier
+    override: bool = False  # an operator's override, not a start, set the step's status last
+
+
+def _apply_step(state: JobState, ev: Event, claim: _Claim) -> None:
     step = _step(state, ev.step)
     node = ev.node
     if ev.type == "step_arrived":
         state.position = step.step
+        if ev.station == step.step and state.carrier and ev.data.get("carrier") == state.carrier:
+            claim.reader = node
+        return
+    if ev.type in ("step_progress", "step_done", "step_failed") and _outsider(state, step, claim, ev):
         return
     if ev.type == "step_progress":
         percent = ev.data.get("percent")
@@ -421,18 +448,7 @@ def _apply_step(state: JobState, ev: Event) -> None:
     if ev.type in ("step_started", "step_done", "step_failed"):
         state.position = step.step
     if ev.type == "step_started":
-        if step.status == "running" and step.node != node:
-            state.conflicts.append(Conflict("step_contention", step.started_by, ev.id, step.step,
-                                            f"{node} started {step.step} while {step.node} held it"))
-            return
-        if step.status == "done":
-            state.conflicts.append(Conflict("step_repeated", step.started_by or step.node, ev.id, step.step,
-                                            f"{node} started {step.step} after it was done"))
-            return
-        if step.status != "running":
-            step.attempts += 1
-        step.status, step.node, step.started_by, step.reason = "running", node, ev.id, ""
-        step.started_ms, step.progress = ev.hlc.wall_ms, 0
+        _apply_start(state, step, claim, ev)
     elif ev.type == "step_done":
         step.status, step.node, step.reason = "done", node, ""
         step.ended_ms, step.progress = ev.hlc.wall_ms, 100
@@ -444,21 +460,73 @@ def _apply_step(state: JobState, ev: Event) -> None:
         step.status, step.node = "failed", node
         step.reason = str(ev.data.get("reason", ""))
         step.ended_ms = ev.hlc.wall_ms
+        claim.reader = ""  # the part goes back for a retry: a read from before says nothing of it
     elif ev.type == "step_skipped":
         step.status, step.node = "skipped", node
         step.reason = str(ev.data.get("reason", ""))
 
 
-def _apply_override(state: JobState, ev: Event) -> None:
+def _apply_start(state: JobState, step: StepState, claim: _Claim, ev: Event) -> None:
+    node = ev.node
+    if step.node != node and step.status in ("running", "done"):
+        if claim.reader == node and step.started_by and not claim.override:  # it has the part
+            was = "held" if step.status == "running" else "reported done"
+            state.conflicts.append(Conflict("step_contention", ev.id, step.started_by, step.step,
+                                            f"{node} read carrier {state.carrier} at the {step.step}: it has "
+                                            f"the part, and {step.node}, which {was} it, yields"))
+            claim.losers.add(step.node)
+            claim.losers.discard(node)
+            step.status, step.node, step.started_by, step.reason = "running", node, ev.id, ""
+            step.started_ms, step.ended_ms, step.progress, step.auto = ev.hlc.wall_ms, 0, 0, _auto(ev)
+            return
+        claim.losers.add(node)
+    if step.status == "running" and step.node != node:
+        state.conflicts.append(Conflict("step_contention", step.started_by, ev.id, step.step,
+                                        f"{node} started {step.step} while {step.node} held it"))
+        return
+    if step.status == "done":
+        state.conflicts.append(Conflict("step_repeated", step.started_by or step.node, ev.id, step.step,
+                                        f"{node} started {step.step} after it was done"))
+        return
+    if step.status != "running":
+        step.attempts += 1
+        claim.losers.clear()  # a new attempt: whoever lost the last one may take this one
+    claim.override = False
+    step.status, step.node, step.started_by, step.reason = "running", node, ev.id, ""
+    step.started_ms, step.progress, step.auto = ev.hlc.wall_ms, 0, _auto(ev)
+
+
+def _auto(ev: Event) -> bool:
+    return ev.data.get("auto") is True
+
+
+def _outsider(state: JobState, step: StepState, claim: _Claim, ev: Event) -> bool:
+    """Whether `ev` (progress, done, failed) comes from a node that lost the step or does not
+    hold it while another node's start does; if so it is listed as a conflict, to be ignored."""
+    node = ev.node
+    if node != step.node and node in claim.losers:
+        why = f"after {step.node} won it"
+    elif step.status == "running" and step.node != node and not claim.override:
+        why = f"while {step.node} held it"
+    else:
+        return False
+    what = ev.type.removeprefix("step_")
+    state.conflicts.append(Conflict("step_contention", step.started_by, ev.id, step.step,
+                                    f"{node} reported {step.step} {what} {why}: ignored"))
+    return True
+
+
+def _apply_override(state: JobState, ev: Event, claim: _Claim) -> None:
     """An operator's word is final: `data = {step, to: <step status>, reason}`."""
     to = ev.data.get("to")
     if to not in STEP_STATUSES:
         return
+    claim.override, claim.reader = True, ""
     step = _step(state, ev.step)
     step.status, step.node = to, ev.node
     step.reason = f"override: {ev.data.get('reason', '')}".rstrip(": ")
     if to == "running":
-        step.started_by = ev.id
+        step.started_by, step.auto = ev.id, False
 
 
 def _status(state: JobState, created: bool) -> str:

@@ -300,12 +300,17 @@ class PassThrough:
     """The generic station of a kind whose module has not landed (laser, printer, inspection
     today): a part that arrives (the job's position is this kind, its step pending: the
     transfer's beam, or this station's carrier reader) gets its step started and, `dwell_s`
-    later, done. Steps an operator starts at the console stay the operator's."""
+    later, done (not while the station is stopped: after the `reset`). Steps an operator starts
+    at the console stay the operator's. At boot, a step
+    it had started and not finished (a power cut) is resumed, never started again: a
+    `step_progress {resumed}` tells the ledger, and the dwell runs again from boot (or from
+    the switch to auto, for a node that booted in manual)."""
 
     info: StationInfo
     dwell_s: float = 2.0
     carrier_scanner: str | None = None
     running: dict[str, float] = field(default_factory=dict)  # job -> when this machine started it
+    read: set[str] = field(default_factory=set)  # jobs whose carrier this station's reader saw
     done: int = 0
 
     def handle(self, event: Event, view: View) -> list[Action]:
@@ -315,17 +320,22 @@ class PassThrough:
             job = view.carriers.get(event.text.strip())
             if job is None:
                 return [Tell(f"carrier {event.text.strip()[:40]!r} carries no open job", ok=False), Flash("red")]
-            if view.jobs[job].position != kind:
+            if view.jobs[job].position != kind or job not in self.read:
+                # also when the belt said the part is at this kind: with two lasers, the read
+                # tells which of them has it (the ledger's rule for a shared step)
+                self.read.add(job)
                 actions.append(Record(job, "step_arrived", {"step": kind, "carrier": event.text.strip()}))
             return actions
+        if isinstance(event, (Boot, Resumed)):  # Resumed too: a node that booted in manual mode
+            actions += self._resume(view)
         if not isinstance(event, (Tick, LedgerChanged, Resumed)):
-            return []
+            return actions
         for job, state in view.jobs.items():
             step = state.step(kind)
             if job in self.running:
                 if step is None or step.status != "running" or step.node != view.node:
                     del self.running[job]  # overridden, or another node of this kind won it
-                elif view.now - self.running[job] >= self.dwell_s:
+                elif view.now - self.running[job] >= self.dwell_s and not view.stopped:
                     del self.running[job]
                     self.done += 1
                     actions.append(Record(job, "step_done", {"step": kind}))
@@ -335,5 +345,17 @@ class PassThrough:
                 actions.append(Record(job, "step_started", {"step": kind, "auto": True}))
         return actions
 
+    def _resume(self, view: View) -> list[Action]:
+        actions: list[Action] = []
+        for job, state in view.jobs.items():
+            step = state.step(self.info.kind)
+            if (step is not None and step.status == "running" and step.node == view.node and step.auto
+                    and job not in self.running):
+                self.running[job] = view.now
+                actions.append(Record(job, "step_progress", {"step": self.info.kind, "resumed": True}))
+        return actions
+
     def get_status(self) -> dict[str, Any]:
-        return {"generic": True, "working_on": sorted(self.running), "steps_done": self.done}
+        tracking = ("carrier reader" if self.carrier_scanner else
+                    "the job's position (the transfer's first in, first out): no carrier reader")
+        return {"generic": True, "working_on": sorted(self.running), "steps_done": self.done, "tracking": tracking}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import json
 import logging
 import os
 import queue
@@ -22,22 +21,20 @@ from typing import Any
 from edge import __version__
 from edge.config import LineConfig, StationConfig, advice
 from edge.console import SerialConsole, SocketConsole, StreamConsole
-from edge.control import CommandError, CommandSet, Reply
-from edge.homeassistant import HA_STATUS_TOPIC, discovery
+from edge.control import CommandError, CommandSet
 from edge.hw import Board, HardwareError, SafetyInterlock
 from edge.hw.serialport import port_identity
 from edge.ledger import Event as LedgerEvent
 from edge.ledger import EventVerifier
 from edge.node_commands import NodeCommands
+from edge.node_mqtt import NodeMqtt
 from edge.nodekey import NodeKeyError, line_entry, load_or_create
 from edge.notify import SystemdNotifier
 from edge.store import Store, StoreBusy
-from edge.topics import COMMAND, MAX_SMALL_PAYLOAD
 
 log = logging.getLogger(__name__)
 IDLE, BUSY, FAULT, MANUAL, ESTOP, STARTING, STOPPED = (
     "idle", "busy", "fault", "manual", "estop", "starting", "stopped")
-STATE_HEARTBEAT_S = 60.0  # the retained state is republished on change, and this often anyway
 
 
 class LedgerWriteError(CommandError):
@@ -75,7 +72,6 @@ class Node:
         # the loop applied (MQTT acks, ticks, console lines...); only the first ones are news
         self.counters: dict[str, int] = {"events": 0, "events_in": 0, "scans": 0, "errors": 0}
         self.loop_events = 0
-        self.state_published_at = 0.0
         self.station: Any = None
         self.running = False
         self.stop_reason = ""
@@ -85,9 +81,7 @@ class Node:
         self.session = 0
         self.archive_every_s = archive_every_s
         self.last_archive = time.monotonic()
-        self.published_state: bytes | None = None
-        self.unpublished_jobs: set[str] = set()
-        self.jobs_to_check: set[str] = set()
+        self.mqtt = NodeMqtt(self)  # sets self.sync once MQTT starts
         self.commands = CommandSet()
         self.consoles: list[Any] = []
         # run once the pins exist, before the station boots (the simulated world wires its sensors)
@@ -124,7 +118,7 @@ class Node:
         self._open_store()
         self._load_station()
         self._refresh_current_job()
-        self._start_sync()
+        self.mqtt.start()
         self._start_consoles()
         self.notifier.ready(f"{self.state}")
         log.info("ready: station %s is %s%s", self.config.station.kind, self.state,
@@ -153,34 +147,6 @@ class Node:
             log.warning("store recovery: %s", note)
         log.info("ledger: origin %s (events %s:<seq>)", self.store.origin, self.store.origin)
         self.session = next_session(node.data_dir)
-
-    def _start_sync(self) -> None:
-        mqtt = self.config.mqtt
-        if not mqtt.enabled or self.store is None:
-            log.info("MQTT disabled: running stand-alone")
-            return
-        from edge.sync import MqttLink, Sync  # paho only where MQTT is used
-
-        password = None
-        if mqtt.password_file is not None:
-            try:
-                password = mqtt.password_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                log.error("[mqtt] password_file %s: %s; connecting without a password",
-                          mqtt.password_file, exc.strerror or exc)
-        link = MqttLink(mqtt.host, mqtt.port, mqtt.username, password, mqtt.keepalive, mqtt.tls,
-                        str(mqtt.ca_file) if mqtt.ca_file else None, mqtt.protocol)
-        node = self.config.node
-        self.sync = Sync(node.id, node.line, self.config.station.kind, link, self.store, self.post,
-                         self.session, window=mqtt.inflight, batch=mqtt.batch,
-                         on_ingest=self._on_ingest, on_command=self._on_mqtt_command,
-                         on_session=self._on_session, on_disk_error=self._disk_fault)
-        self.sync.backlog = lambda: not self.queue.empty()
-        self.sync.extra_subscriptions.append(HA_STATUS_TOPIC)
-        self.sync.message_hooks[HA_STATUS_TOPIC] = self._on_ha_status
-        self.sync.on_connect_hooks += [self._announce, self.publish_state, self._jobs_to_republish]
-        self.sync.after_connect_hooks.append(self._republish_jobs)
-        self.sync.start()
 
     def _start_consoles(self) -> None:
         console = self.config.console
@@ -333,11 +299,11 @@ class Node:
             self.station.feed(Tick())
         if self.sync is not None:
             self.sync.tick()
-            self._publish_unions()
+            self.mqtt.publish_unions()
         if time.monotonic() - self.last_archive >= self.archive_every_s:
             self.last_archive = time.monotonic()
             self.archive()
-        self.publish_state()
+        self.mqtt.publish_state()
 
     def shutdown(self) -> None:
         """Tell systemd we are stopping, put every output in its safe state, release devices."""
@@ -391,7 +357,7 @@ class Node:
         elif self.board.faults.pop(name, None) is not None:
             log.info("%s is back: fault cleared", name)
         self._update_state()
-        self.publish_state()
+        self.mqtt.publish_state()
 
     def _on_input(self, event: Event) -> None:
         log.debug("input %s -> %s", event.data["device"], event.data["value"])
@@ -423,7 +389,7 @@ class Node:
         self.post("ledger_changed", {"jobs": jobs})  # the station hears of it after this action
         self._refresh_current_job()
         for job in jobs:
-            self.publish_job(job)
+            self.mqtt.publish_job(job)
         if self.sync is not None:
             self.sync.drain()
         return events
@@ -440,7 +406,7 @@ class Node:
         if here:
             self.record_many([(job, "note", {"text": f"operator: {text}", "operator": action, **detail})
                               for job in here])
-        self.publish_state()
+        self.mqtt.publish_state()
 
     def _disk_fault(self, exc: OSError) -> None:
         if "disk" not in self.board.faults:
@@ -451,34 +417,6 @@ class Node:
     def _on_session(self, session: int) -> None:
         self.session = session
         write_session(self.config.node.data_dir, session)
-
-    def publish_job(self, job: str) -> None:
-        """The job's retained state, never older than the retained one (more events); offline,
-        the job is remembered and published on reconnect."""
-        if self.sync is None or self.store is None:
-            return
-        state = self.store.job(job)
-        if state is None or state.status == "unknown":
-            return
-        if not self.sync.may_publish_job(job, state.heads):
-            self.unpublished_jobs.discard(job)
-            return
-        payload = json.dumps(state.to_json()).encode()
-        if self.sync.publish(self.sync.topics.job(job), payload, retain=True) is None:
-            self.unpublished_jobs.add(job)
-        else:
-            self.sync.published_job(job, state.heads)
-            self.unpublished_jobs.discard(job)
-
-    def _jobs_to_republish(self) -> None:
-        """On connect: jobs changed here while offline (also before a restart: their events
-        are still in the outbox) are noted, to be published once the retained states are in."""
-        if self.store is not None:
-            self.unpublished_jobs |= {e.job for e in self.store.outbox_peek(self.store.outbox_size())}
-
-    def _republish_jobs(self) -> None:
-        for job in sorted(self.unpublished_jobs):
-            self.publish_job(job)
 
     def archive(self) -> list[str]:
         """Move closed jobs to the archive; clear the retained job topics this node published."""
@@ -504,94 +442,18 @@ class Node:
             self._refresh_current_job()
         if self.sync is not None:
             # checked once a tick, not per batch: a burst of events folds each job once
-            self.jobs_to_check.update(e.job for e in events if e.job in self.sync.retained_jobs)
-
-    def _publish_unions(self) -> None:
-        """The node of a job's latest event publishes the union once it holds it (one node,
-        the same one everywhere: no storm of identical retained states)."""
-        jobs, self.jobs_to_check = self.jobs_to_check, set()
-        if self.store is None or self.sync is None or not self.sync.connected:
-            return
-        for job in sorted(jobs):
-            state = self.store.job(job)
-            if state is not None and state.last_node == self.config.node.id:
-                self.publish_job(job)
+            self.mqtt.jobs_to_check.update(e.job for e in events if e.job in self.sync.retained_jobs)
 
     # -- MQTT
     def _on_mqtt(self, event: Event) -> None:
         if self.sync is not None:
             self.sync.handle(event.kind, event.data)
 
-    def publish_state(self) -> None:
-        """The retained station state: published when it changed, and every STATE_HEARTBEAT_S."""
-        if self.sync is None or not self.sync.connected:
-            return
-        body = {"state": self.state, "reason": self.reason, "job": self.current_job, "counters": self._counters()}
-        payload = json.dumps(body, sort_keys=True).encode()
-        topic = self.sync.topics.state(self.config.node.id)
-        now = time.monotonic()
-        if payload == self.published_state and now - self.state_published_at < STATE_HEARTBEAT_S:
-            return
-        if self.sync.publish(topic, payload, retain=True) is not None:
-            self.published_state, self.state_published_at = payload, now
-
     def _counters(self) -> dict[str, int]:
         out = dict(self.counters)
         if self.store is not None:
             out["outbox"] = self.store.outbox_size()
         return out
-
-    def _announce(self) -> None:
-        self.published_state = None
-        node = self.config.node
-        for topic, payload in discovery(node.id, node.line, self.config.station.kind, self.config.station.title):
-            self.sync.publish(topic, payload, retain=True)
-
-    def _on_ha_status(self, _topic: str, payload: bytes, _props: Any) -> None:
-        if payload.strip() == b"online":
-            log.info("Home Assistant is back: announcing this node again")
-            self._announce()
-            self.publish_state()
-
-    def _on_mqtt_command(self, message: dict[str, Any], v5: bool) -> dict[str, Any]:
-        payload, props = message["payload"], message["props"]
-        response_topic = getattr(props, "ResponseTopic", None) if v5 and props is not None else None
-        correlation = getattr(props, "CorrelationData", None) if v5 and props is not None else None
-        request_id: Any = None
-        if len(payload) > MAX_SMALL_PAYLOAD:
-            reply = Reply(False, error=f"command payload of {len(payload)} bytes exceeds {MAX_SMALL_PAYLOAD}")
-        else:
-            try:
-                body = COMMAND.parse(payload)
-                request_id = body.get("id")
-                reply = self.commands.dispatch(body["command"], body.get("args"), remote=True)
-            except ValueError as exc:
-                reply = Reply(False, error=str(exc))
-        if not reply.ok:
-            self.counters["rejected_commands"] = self.counters.get("rejected_commands", 0) + 1
-            log.warning("MQTT command refused: %s", reply.error)
-        answer = reply.to_json()
-        if request_id is not None:
-            answer["id"] = request_id
-        from edge.sync import PacketTypes, Properties
-
-        if response_topic and not self.sync.topics.response_ok(self.config.node.id, response_topic):
-            log.warning("MQTT command asked for a reply on %r: replies go only under %s/",
-                        response_topic[:200], self.sync.topics.cmd_response(self.config.node.id))
-            answer = {"ok": False, "error": f"response topic must be under "
-                                            f"{self.sync.topics.cmd_response(self.config.node.id)}/",
-                      **({"result": answer["result"]} if answer.get("ok") and "result" in answer else {})}
-            response_topic = None
-            self.counters["rejected_commands"] = self.counters.get("rejected_commands", 0) + 1
-        if response_topic:
-            out = Properties(PacketTypes.PUBLISH)
-            if correlation is not None:
-                out.CorrelationData = correlation
-            self.sync.publish(response_topic, json.dumps(answer, default=str).encode(), properties=out)
-        else:
-            self.sync.publish(self.sync.topics.cmd_response(self.config.node.id),
-                              json.dumps(answer, default=str).encode())
-        return answer
 
     # -- commands (one registry: console, socket and MQTT)
     def _on_console_line(self, event: Event) -> None:

@@ -134,6 +134,9 @@ class Store:
         self.incarnations: list[str] = [i for i in state.get("incarnations", []) if isinstance(i, str)]
         self._events: dict[str, Event] = {}
         self._by_job: dict[str, set[str]] = {}
+        # the fold of each hot job, kept until one of its events comes or goes: a station reads
+        # every open job on every event, and folding them all each time grows with the line
+        self._folded: dict[str, JobState] = {}
         self._doc_ids: dict[str, int] = {}
         for doc in self.db.table("events").all():
             ev = self._stored(Event.from_json, doc, "event")
@@ -357,11 +360,14 @@ class Store:
         return sorted(merge(archived, self._job_events(job)).values(), key=lambda e: e.key)
 
     def open_jobs(self, include_closed: bool = False) -> list[JobState]:
-        """States of the jobs in the hot set (closed ones too if asked), oldest first."""
-        by_job: dict[str, list[Event]] = {}
-        for ev in self._events.values():
-            by_job.setdefault(ev.job, []).append(ev)
-        states = [fold(job, evs) for job, evs in by_job.items()]
+        """States of the jobs in the hot set (closed ones too if asked), oldest first. Shared:
+        read them, never change them."""
+        states = []
+        for job in self._by_job:
+            state = self._folded.get(job)
+            if state is None:
+                state = self._folded[job] = fold(job, self._job_events(job))
+            states.append(state)
         states.sort(key=lambda s: (s.last_hlc or Timestamp(0, 0, ""), s.job))
         return [s for s in states if include_closed or s.is_open]
 
@@ -446,6 +452,7 @@ class Store:
         else:
             self._events[ev.id] = ev
             self._by_job.setdefault(ev.job, set()).add(ev.id)
+            self._folded.pop(ev.job, None)
             if pending is None:
                 self._doc_ids[ev.id] = self.db.table("events").insert(ev.to_json())
             else:
@@ -494,6 +501,7 @@ class Store:
         for i in ids:
             ev = self._events.pop(i, None)
             if ev is not None:
+                self._folded.pop(ev.job, None)
                 same_job = self._by_job.get(ev.job)
                 if same_job is not None:
                     same_job.discard(i)

@@ -24,6 +24,7 @@ setup(
         "segno>=1.5",
         "zxing-cpp>=2.2",
         "pillow>=10",
+        "Hershey-Fonts>=2.1",  # the laser's single-stroke font (firmware_bridge.engrave)
         "tomli-w>=1.0",  # the simulated line writes station files
     ],
     extras_require={

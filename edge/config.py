@@ -12,6 +12,7 @@ import base64
 import binascii
 import importlib
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,11 +152,37 @@ class OptionSpec:
 
 
 @dataclass(frozen=True)
+class EngravingSpec:
+    """Where a product's text is engraved (`[products.<id>.engraving]`): an area in mm, the
+    letter heights allowed, the material burnt and the option holding the text."""
+
+    width_mm: float
+    height_mm: float
+    material: str
+    margin_mm: float = 2.0
+    min_height_mm: float = 3.0
+    max_height_mm: float = 10.0
+    max_lines: int = 2
+    text_option: str = "text"
+
+
+@dataclass(frozen=True)
+class MaterialSpec:
+    """How the laser burns one material (`[materials.<id>]`): GRBL power S, feed mm/min, passes."""
+
+    id: str
+    power: int
+    feed: int
+    passes: int = 1
+
+
+@dataclass(frozen=True)
 class Product:
     id: str
     title: str
     route: tuple[str, ...]
     options: dict[str, OptionSpec]
+    engraving: EngravingSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +196,7 @@ class LineConfig:
     order_keys: dict[str, bytes]
     order_max_age_s: int
     node_keys: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    materials: dict[str, MaterialSpec] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- pins
@@ -427,18 +455,20 @@ def load_line(path: str | Path) -> LineConfig:
     s.finish()
     keys, max_age = _read_orders(doc)
     node_keys = _read_node_keys(doc)
+    materials = _read_materials(doc)
     products: dict[str, Product] = {}
     table = doc.source.data.get("products")
     if not isinstance(table, dict) or not table:
         doc.issue(("products",), "", "at least one product is required, e.g. [products.stand]", section="products")
         table = {}
     for pid in table:
-        product = _read_product(doc, pid)
+        product = _read_product(doc, pid, materials)
         if product is not None:
             products[pid] = product
-    doc.finish_top(("line", "orders", "nodes", "products"))
+    doc.finish_top(("line", "orders", "nodes", "products", "materials"))
     doc.raise_if_issues()
-    return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0, node_keys)
+    return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0, node_keys,
+                      materials)
 
 
 def _public_key(s: Section, key: str, value: Any) -> bytes | None:
@@ -497,7 +527,72 @@ def _read_orders(doc: Document) -> tuple[dict[str, bytes], int]:
     return keys, (max_age_days or 30) * 86400
 
 
-def _read_product(doc: Document, pid: str) -> Product | None:
+def _read_materials(doc: Document) -> dict[str, MaterialSpec]:
+    """`[materials.<id>]`: what the laser burns, each with its power, feed and passes."""
+    top = doc.source.data.get("materials", {})
+    if not isinstance(top, dict):
+        doc.issue(("materials",), "", "must be a table of materials, e.g. [materials.pla]", section="materials")
+        return {}
+    out: dict[str, MaterialSpec] = {}
+    for mid in top:
+        s = doc.section("materials", mid)
+        if not NAME_RE.match(mid):
+            s.issue("", f"material id {mid!r} is not valid ({NAME_RULE})")
+        power = s.get_int("power", REQUIRED, 1, 1000)
+        feed = s.get_int("feed", REQUIRED, 10, 20000)
+        passes = s.get_int("passes", 1, 1, 5)
+        s.finish()
+        if power is not None and feed is not None and passes is not None:
+            out[mid] = MaterialSpec(mid, power, feed, passes)
+    return out
+
+
+def _get_mm(s: Section, key: str, default: Any, low: float, high: float) -> Any:
+    """A length in mm (an integer or a decimal number) within low..high."""
+    value = s.get(key, (int, float), "a number of mm", default)
+    if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+        s.issue(key, f"{value} is out of range {low:g}..{high:g} mm")
+        return None
+    return value
+
+
+def _read_engraving(doc: Document, pid: str, options: dict[str, OptionSpec],
+                    materials: dict[str, MaterialSpec]) -> EngravingSpec | None:
+    s = doc.section("products", pid, "engraving")
+    width = _get_mm(s, "width_mm", REQUIRED, 1, 1000)
+    height = _get_mm(s, "height_mm", REQUIRED, 1, 1000)
+    margin = _get_mm(s, "margin_mm", 2.0, 0, 100)
+    low = _get_mm(s, "min_height_mm", 3.0, 0.5, 200)
+    high = _get_mm(s, "max_height_mm", 10.0, 0.5, 200)
+    lines = s.get_int("max_lines", 2, 1, 2)
+    material = s.get_str("material")
+    text_option = s.get_str("text_option", "text")
+    if material is not None and material not in materials:
+        known = ", ".join(sorted(materials)) or "none"
+        s.issue("material", f"no material [materials.{material}] (materials: {known})"
+                            f"{did_you_mean(material, materials)}")
+    if text_option is not None:
+        option = options.get(text_option)
+        if option is None:
+            s.issue("text_option", f"the product has no option {text_option!r}{did_you_mean(text_option, options)}")
+        elif option.kind != "text":
+            s.issue("text_option", f"option {text_option!r} is a {option.kind} option, not a text")
+    if low is not None and high is not None and low > high:
+        s.issue("min_height_mm", f"{low} mm is more than max_height_mm ({high} mm)")
+    if None not in (width, height, margin, low):
+        room = min(width, height) - 2 * margin
+        if room <= 0:
+            s.issue("margin_mm", f"{margin} mm on each side leaves nothing of {width} x {height} mm")
+        elif height - 2 * margin < low:
+            s.issue("min_height_mm", f"{low} mm letters do not fit in {height} mm less {margin} mm margins")
+    s.finish()
+    if None in (width, height, margin, low, high, lines, material, text_option) or material not in materials:
+        return None
+    return EngravingSpec(float(width), float(height), material, float(margin), float(low), float(high),
+                         lines, text_option)
+
+
+def _read_product(doc: Document, pid: str, materials: dict[str, MaterialSpec]) -> Product | None:
     s = doc.section("products", pid)
     if not NAME_RE.match(pid):
         s.issue("", f"product id {pid!r} is not valid ({NAME_RULE})")
@@ -517,8 +612,12 @@ def _read_product(doc: Document, pid: str) -> Product | None:
         spec = _read_option(doc, pid, name)
         if spec is not None:
             options[name] = spec
+    engraving = None
+    if isinstance(s.data.get("engraving"), dict):
+        engraving = _read_engraving(doc, pid, options, materials)
+    s.table("engraving")  # marks the key as known; a value that is not a table is reported here
     s.finish()
-    return Product(pid, title or pid, tuple(route or ()), options)
+    return Product(pid, title or pid, tuple(route or ()), options, engraving)
 
 
 def _read_option(doc: Document, pid: str, name: str) -> OptionSpec | None:
@@ -537,7 +636,8 @@ def _read_option(doc: Document, pid: str, name: str) -> OptionSpec | None:
         spec["default"] = default
     elif kind == "text":
         spec["max_length"] = s.get_int("max_length", 20, 1, 200)
-        spec["charset"] = s.get_str("charset", "")
+        charset = s.get_str("charset", "")  # NFC, like the order's text: é is one character
+        spec["charset"] = unicodedata.normalize("NFC", charset) if isinstance(charset, str) else charset
         spec["default"] = s.get_str("default", None)
     elif kind == "integer":
         spec["minimum"] = s.get_int("minimum", None)
@@ -577,6 +677,7 @@ def load_any(path: str | Path) -> StationConfig | LineConfig:
 
 __all__ = [
     "ConfigError", "ConfigIssue", "StationConfig", "LineConfig", "Product", "OptionSpec",
+    "EngravingSpec", "MaterialSpec",
     "HardwareConfig", "NodeConfig", "MqttConfig", "ConsoleConfig", "StationSection",
     "load_station", "load_line", "load_any", "parse_pin", "advice", "STATION_KINDS",
 ]

@@ -44,8 +44,8 @@ _B45 = {c: i for i, c in enumerate(BASE45)}
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 #: Characters allowed in engraved text when the line file's option gives no `charset`.
-DEFAULT_CHARSET = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,-'!?&+#@()"
-                   "ÀÂÄÇÉÈÊËÎÏÔÖÙÛÜŸàâäçéèêëîïôöùûüÿß")
+DEFAULT_CHARSET = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,-'’!?&+#@()"
+                   "ÀÂÄÇÉÈÊËÎÏÔÖÙÛÜŸŒÆàâäçéèêëîïôöùûüÿœæß")
 REASONS = ("bad_format", "bad_signature", "unknown_key", "expired", "unknown_product", "bad_option", "too_long")
 
 

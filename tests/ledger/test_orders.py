@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ledger_kit import NOW, ROGUE_KEY, make_line, signed
+from trailer import EXAMPLES
 
+from edge.config import load_line
 from edge.orders import REASONS, b45decode, b45encode, sign_order, verify_order
 
 LINE = make_line()
@@ -188,3 +193,39 @@ def test_accent_typed_as_two_code_points_is_engraved_as_one_letter(line):
     verdict = verify_order(signed(product="keyring", options={"text": "Le\u0301a"}), line, NOW)
     assert verdict.ok, verdict
     assert verdict.order.options["text"] == "Léa"
+
+
+FRENCH_NAMES = ["Hélène", "Françoise", "Zoë", "Cœur", "L'Haÿ-les-Roses", "L’Œuvre", "Ève", "Maëlys Noël",
+                "JÉRÔME", "Anaïs", "Benoît", "Lætitia"]
+
+
+def example_stand(line):
+    """The example line's stand (its French charset) on the test line, which trusts BACKEND_KEY."""
+    line.products["stand"] = load_line(EXAMPLES / "line.toml").products["stand"]
+    return line
+
+
+@pytest.mark.parametrize("name", FRENCH_NAMES)
+def test_french_names_are_accepted_by_the_example_charset(line, name):
+    verdict = verify_order(signed(options={"text": name}), example_stand(line), NOW)
+    assert verdict.ok, verdict
+    assert verdict.order.options["text"] == name
+
+
+@pytest.mark.parametrize("name", FRENCH_NAMES)
+def test_french_names_typed_with_combining_accents_are_accepted_as_composed(line, name):
+    decomposed = unicodedata.normalize("NFD", name)
+    verdict = verify_order(signed(options={"text": decomposed}), example_stand(line), NOW)
+    assert verdict.ok, verdict
+    assert verdict.order.options["text"] == name
+
+
+def test_a_character_outside_the_example_charset_is_refused_by_name(line):
+    verdict = verify_order(signed(options={"text": "Łukasz"}), example_stand(line), NOW)
+    assert verdict.reason == "bad_option" and "'Ł'" in verdict.detail
+
+
+def test_the_default_charset_takes_french_names_too(line):
+    for name in (n for n in FRENCH_NAMES if len(n) <= 12):  # the keyring's max_length
+        verdict = verify_order(signed(product="keyring", options={"text": name}), line, NOW)
+        assert verdict.ok, (name, verdict)

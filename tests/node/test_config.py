@@ -172,6 +172,80 @@ route = ["intake", "intake"]
     assert any("names a station kind twice" in m for m in messages)
 
 
+def test_example_line_has_engraving_areas_and_materials():
+    line = load_line(LINE_FILE)
+    stand, keyring = line.products["stand"].engraving, line.products["keyring"].engraving
+    assert (stand.width_mm, stand.height_mm, stand.max_lines, stand.material) == (60, 20, 2, "pla")
+    assert (keyring.width_mm, keyring.height_mm, keyring.max_lines) == (30, 10, 1)
+    assert stand.text_option == keyring.text_option == "text"
+    assert (line.materials["pla"].power, line.materials["pla"].feed, line.materials["pla"].passes) == (300, 1500, 1)
+
+
+ENGRAVED_LINE = """\
+[line]
+id = "demo"
+
+[orders.keys]
+k1 = "xZ39dE2JZBSBQkWAxi+u9JFBMLNA1UyfF/pLfOBrKhI="
+
+[products.stand]
+route = ["intake", "laser"]
+
+[products.stand.options.text]
+type = "text"
+
+[products.stand.engraving]
+width_mm = 60
+height_mm = 20
+material = "pal"
+
+[materials.pla]
+power = 300
+feed = 1500
+"""
+
+
+def line_error_at(tmp_path: Path, text: str, key: str) -> str:
+    path = tmp_path / "line.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_line(path)
+    issues = [i for i in err.value.issues if i.key == key]
+    assert issues, str(err.value)
+    line = text.splitlines().index(next(t for t in text.splitlines() if t.startswith(f"{key} "))) + 1
+    assert issues[0].line == line
+    return str(issues[0])
+
+
+def test_an_engraving_naming_an_unknown_material_is_a_located_error(tmp_path):
+    message = line_error_at(tmp_path, ENGRAVED_LINE, "material")
+    assert "[products.stand.engraving] material: no material [materials.pal] (materials: pla)" in message
+    assert "did you mean 'pla'" in message
+
+
+def test_a_decomposed_accent_in_a_charset_is_read_as_one_letter(tmp_path):
+    path = tmp_path / "line.toml"
+    path.write_text(ENGRAVED_LINE.replace('"pal"', '"pla"').replace('type = "text"', 'type = "text"\ncharset = "Le\u0301a"'))
+    assert load_line(path).products["stand"].options["text"].charset == "Léa"
+
+
+@pytest.mark.parametrize("change, key, message", [
+    (("width_mm = 60", "width_mm = \"wide\""), "width_mm", "must be a number of mm"),
+    (("height_mm = 20", "height_mm = 0.2"), "height_mm", "0.2 is out of range 1..1000 mm"),
+    (("material =", "max_lines = 3\nmaterial ="), "max_lines", "3 is out of range 1..2"),
+    (("material =", "min_height_mm = 12\nmax_height_mm = 8\nmaterial ="), "min_height_mm", "more than max_height_mm"),
+    (("material =", "margin_mm = 10\nmaterial ="), "margin_mm", "leaves nothing of"),
+    (("material =", "text_option = \"txt\"\nmaterial ="), "text_option", "did you mean 'text'"),
+    (("material =", "widht_mm = 5\nmaterial ="), "widht_mm", "unknown key"),
+    (("power = 300", "power = 0"), "power", "0 is out of range 1..1000"),
+    (("feed = 1500", "feed = 50000"), "feed", "50000 is out of range 10..20000"),
+    (("feed = 1500", "feed = 1500\npasses = 9"), "passes", "9 is out of range 1..5"),
+])
+def test_bad_engraving_and_material_values_are_located_errors(tmp_path, change, key, message):
+    text = ENGRAVED_LINE.replace('"pal"', '"pla"').replace(*change)
+    assert message in line_error_at(tmp_path, text, key)
+
+
 @pytest.mark.parametrize("spec, bcm, error", [
     (17, 17, ""), ("GPIO17", 17, ""), ("bcm4", 4, ""), ("BOARD11", 17, ""), ("J8:40", 21, ""),
     (28, None, "does not exist"), ("BOARD6", None, "GND pin"), ("BOARD41", None, "does not exist"),

@@ -74,6 +74,36 @@ class Resumed:
     station may move again (the only way it does after a stop)."""
 
 
+@dataclass(frozen=True)
+class Hold:
+    """An operator's `hold`: the machine `device` was put in feed hold (its relays go off)."""
+
+    device: str
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """A G-code job on `device` has `done` of its `total` lines answered (about twice a second)."""
+
+    device: str
+    job: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """A G-code job ended: `ok`, or the `reason`; `executed` is the first line not known to have
+    run (where a resume starts), `refused` the lines the machine refused."""
+
+    device: str
+    job: str
+    ok: bool
+    reason: str = ""
+    executed: int = 0
+    refused: tuple[int, ...] = ()
+
+
 # ---------------------------------------------------------------- actions (out of a machine)
 
 @dataclass(frozen=True)
@@ -115,8 +145,39 @@ class Fault:
     reason: str | None
 
 
-Event = Boot | Scan | InputChanged | Tick | LedgerChanged | SafetyChanged | Resumed
-Action = Drive | Record | Flash | Tell | Fault
+@dataclass(frozen=True)
+class Stream:
+    """Stream G-code `lines` (from index `start`) to the machine `device` for `job`, on a worker
+    thread; `safe` are outputs put in their safe state at once, from that thread, if it fails."""
+
+    device: str
+    job: str
+    lines: tuple[str, ...]
+    start: int = 0
+    safe: tuple[str, ...] = ()
+    check: bool = False  # GRBL's check mode first: nothing moves unless every line parses
+
+
+@dataclass(frozen=True)
+class Realtime:
+    """`hold` (feed hold) or `resume` (cycle start) on the machine `device`."""
+
+    device: str
+    command: str
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    """A file for a job (a toolpath preview): `write(path)` is called with `path` under the
+    node's data dir; the machine records the relative path itself."""
+
+    path: str
+    write: Callable[[Any], Any]
+
+
+Event = (Boot | Scan | InputChanged | Tick | LedgerChanged | SafetyChanged | Resumed | Hold | StreamProgress
+         | StreamEnded)
+Action = Drive | Record | Flash | Tell | Fault | Stream | Realtime | WriteFile
 
 
 @dataclass(frozen=True)
@@ -176,6 +237,10 @@ class Engine:
         node.on("input", lambda e: self.feed(InputChanged(e.data["device"], bool(e.data["value"]))))
         node.on("safety", lambda e: self.feed(SafetyChanged(bool(e.data["tripped"]))))
         node.on("ledger_changed", lambda e: self.feed(LedgerChanged(frozenset(e.data["jobs"]))))
+        node.on("stream_progress", lambda e: self.feed(StreamProgress(**e.data)))
+        node.on("stream_end", lambda e: self.feed(StreamEnded(
+            e.data["device"], e.data["job"], bool(e.data["ok"]), e.data.get("reason", ""),
+            int(e.data.get("executed") or 0), tuple(e.data.get("refused") or ()))))
 
     # -- feeding
     def feed(self, event: Event) -> None:
@@ -184,7 +249,7 @@ class Engine:
             if not self.latched:
                 self.latched = True
                 self.node._update_state()
-        if self.mode == "manual" and not isinstance(event, SafetyChanged):
+        if self.mode == "manual" and not isinstance(event, (SafetyChanged, Hold, StreamProgress, StreamEnded)):
             if isinstance(event, Tick):
                 self.light()
             return  # an operator drives the station: the machine neither hears nor acts (back: Resumed)
@@ -239,11 +304,49 @@ class Engine:
             elif isinstance(action, Tell):
                 self.message = {"text": action.text, "ok": action.ok, "at": time.time()}
                 (log.info if action.ok else log.warning)("%s", action.text)
+            elif isinstance(action, Stream):
+                self._stream(action)
+            elif isinstance(action, Realtime):
+                machine = self.node.board.gcode.get(action.device)
+                if machine is not None:
+                    machine.resume() if action.command == "resume" else machine.hold()
+            elif isinstance(action, WriteFile):
+                self._write_file(action)
             elif isinstance(action, Fault):
                 if action.reason != self.fault:
                     (log.error if action.reason else log.info)("station fault: %s", action.reason or "cleared")
                 self.fault = action.reason
                 self.node._update_state()
+
+    def _stream(self, action: Stream) -> None:
+        machine = self.node.board.gcode.get(action.device)
+        outputs = self.node.board.outputs
+
+        def on_fault() -> None:  # on the worker thread, before anything else: the relays first
+            for name in action.safe:
+                if name in outputs:
+                    outputs[name].safe()
+
+        why = (machine.start(action.job, action.lines, action.start, on_fault, action.check) if machine is not None
+               else f"no G-code machine [hardware.{action.device}]")
+        if why:
+            on_fault()
+            self.node.post("stream_end", {"device": action.device, "job": action.job, "ok": False,
+                                          "reason": why, "executed": action.start})
+
+    def _write_file(self, action: WriteFile) -> None:
+        from pathlib import Path
+
+        root = Path(self.node.config.node.data_dir) / "files"
+        path = (root / action.path).resolve()
+        if root.resolve() not in path.parents:
+            log.error("refused to write %s: outside %s", action.path, root)
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            action.write(path)
+        except Exception as exc:  # a preview that cannot be written never stops the station
+            log.warning("could not write %s: %s", path, exc)
 
     def light(self) -> None:
         """The stack light: green idle, amber working, red fault or stop, amber blinking in
@@ -287,6 +390,19 @@ class Engine:
         self.feed(Resumed())
         self.light()
         return {"cleared": cleared, "state": self.node.state}
+
+    def hold(self, device: str) -> None:
+        """An operator's feed hold: the machine at once, then the station hears of it."""
+        self.node.board.gcode[device].hold()
+        self.feed(Hold(device))
+
+    def resume(self) -> dict[str, Any]:
+        """Go on after a hold, a lid or a released stop: `reset` if a stop or fault is latched,
+        else `Resumed` alone (the machine sends cycle start to a held job)."""
+        if self.latched or self.fault:
+            return self.reset()
+        self.feed(Resumed())
+        return {"cleared": [], "state": self.node.state}
 
     def get_status(self) -> dict[str, Any]:
         return {"mode": self.mode, "latched": self.latched, "fault": self.fault, "message": self.message,

@@ -277,11 +277,16 @@ class StepState:
     started_ms: int = 0
     ended_ms: int = 0
     auto: bool = False  # the holding start was the station's own (`data.auto`), not an operator's
+    resume_at: int = 0  # a failed G-code step: the first line not known to have run (`data.resume_at`)
+    line: int = 0  # a running G-code step: the lines the machine had answered at its last progress
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "status": self.status, "node": self.node,
-                "attempts": self.attempts, "reason": self.reason, "on_route": self.on_route,
-                "progress": self.progress, "started_ms": self.started_ms, "ended_ms": self.ended_ms}
+        out = {"step": self.step, "status": self.status, "node": self.node,
+               "attempts": self.attempts, "reason": self.reason, "on_route": self.on_route,
+               "progress": self.progress, "started_ms": self.started_ms, "ended_ms": self.ended_ms}
+        if self.resume_at:
+            out["resume_at"] = self.resume_at
+        return out
 
 
 @dataclass
@@ -444,6 +449,9 @@ def _apply_step(state: JobState, ev: Event, claim: _Claim) -> None:
         percent = ev.data.get("percent")
         if step.status == "running" and isinstance(percent, int) and not isinstance(percent, bool):
             step.progress = max(0, min(100, percent))
+        line = ev.data.get("line")
+        if step.status == "running" and isinstance(line, int) and not isinstance(line, bool) and line >= 0:
+            step.line = line
         return
     if ev.type in ("step_started", "step_done", "step_failed"):
         state.position = step.step
@@ -460,6 +468,8 @@ def _apply_step(state: JobState, ev: Event, claim: _Claim) -> None:
         step.status, step.node = "failed", node
         step.reason = str(ev.data.get("reason", ""))
         step.ended_ms = ev.hlc.wall_ms
+        resume = ev.data.get("resume_at")
+        step.resume_at = resume if isinstance(resume, int) and not isinstance(resume, bool) and resume > 0 else 0
         claim.reader = ""  # the part goes back for a retry: a read from before says nothing of it
     elif ev.type == "step_skipped":
         step.status, step.node = "skipped", node

@@ -52,6 +52,15 @@ class NodeCommands:
             Param("job"), local_only=True)
         add("skip", "skip this station's step of a job, with a reason", self._cmd_skip,
             Param("job"), Param("reason", rest=True), local_only=True)
+        add("hold", "feed hold on the station's laser or printer (relays off); `resume` goes on",
+            self._cmd_hold, local_only=True)
+        add("resume", "go on after a hold, a lid opened or a released emergency stop", self._cmd_resume,
+            local_only=True)
+        add("gcode", "send one G-code line to the station's laser or printer (manual mode only)", self._cmd_gcode,
+            Param("line", rest=True, help="e.g. G0 X10 Y10"), local_only=True)
+        add("home", "home the station's laser or printer ($H on GRBL, G28 on Marlin)", self._cmd_home,
+            local_only=True)
+        add("unlock", "clear a GRBL alarm lock ($X) once the cause is seen to", self._cmd_unlock, local_only=True)
         add("drive", "set an output (manual override; refused while a safety circuit is open)",
             self._cmd_drive, Param("device", help="output name"), Param("value", bool, help="on or off"),
             local_only=True)
@@ -162,6 +171,49 @@ class NodeCommands:
         self.node.record(args["job"], "step_skipped", {"step": self.node.config.station.kind,
                                                        "reason": args["reason"], "manual": True})
         return self._job_or_fail(args["job"]).to_json()
+
+    # -- the station's G-code machine (laser, printer)
+    def _machine(self, safe: bool = True) -> Any:
+        machines = self.node.board.gcode
+        if not machines:
+            raise CommandError("this station has no G-code machine (a serial device with protocol grbl or marlin)")
+        if safe and self.node.board.tripped():
+            raise CommandError(f"refused: safety circuit open: {', '.join(self.node.board.tripped())}")
+        return next(iter(machines.values()))
+
+    def _send(self, what: str, line: str) -> dict[str, Any]:
+        machine = self._machine()
+        try:
+            machine.command(line)
+        except Exception as exc:  # refused, alarm, busy, unplugged: the operator reads why
+            raise CommandError(f"{what}: {exc}") from None
+        self.node.record_operator(what, {"line": line}, f"{what} ({line}) on {machine.name}")
+        return {"device": machine.name, "sent": line}
+
+    def _cmd_hold(self, _args: dict[str, Any]) -> dict[str, Any]:
+        machine = self._machine(safe=False)
+        self._engine().hold(machine.name)
+        self.node.record_operator("hold", {"device": machine.name}, f"hold on {machine.name}")
+        return {"device": machine.name, "held": True}
+
+    def _cmd_resume(self, _args: dict[str, Any]) -> dict[str, Any]:
+        machine = self._machine()
+        result = self._engine().resume()
+        self.node.record_operator("resume", result, f"resume on {machine.name}")
+        return result
+
+    def _cmd_gcode(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self._engine().mode != "manual":
+            raise CommandError("gcode is for manual mode: `mode manual` first")
+        return self._send("gcode", args["line"].strip())
+
+    def _cmd_home(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self._send("home", "$H" if self._machine().protocol == "grbl" else "G28")
+
+    def _cmd_unlock(self, _args: dict[str, Any]) -> dict[str, Any]:
+        if self._machine().protocol != "grbl":
+            raise CommandError("unlock clears a GRBL alarm; this machine is not a GRBL")
+        return self._send("unlock", "$X")
 
     def _cmd_drive(self, args: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -50,18 +50,22 @@ class NotifySocket:
 
 
 def example_station(name: str, tmp_path: Path, mqtt: str | None = None, scanner_fifo: Path | None = None,
-                    bench: bool = False) -> Path:
+                    bench: bool = False, ports: dict[str, str] | None = None) -> Path:
     """A copy of examples/line/<name>.toml with its data dir in tmp_path and MQTT off
     (or `mqtt`, the body of an [mqtt] section, instead). `scanner_fifo`: the scanner reads that
     FIFO instead of its serial port. `bench`: no console, no serial board, the camera on a
-    directory of images (what this machine has: pins and files)."""
+    directory of images (what this machine has: pins and files). `ports`: serial devices kept,
+    on these ports (a simulator's pty)."""
     text = (EXAMPLES / f"{name}.toml").read_text()
     if scanner_fifo is not None:
         text = re.sub(r'source = "serial"[^\n]*\nport = "[^"]*"\nbaudrate = \d+\n',
                       f'source = "file"\npath = "{scanner_fifo}"\n', text)
+    for device, port in (ports or {}).items():  # a serial device on a simulator's pty
+        text = re.sub(rf'(\[hardware\.{device}\]\ntype = "serial"\nport = )"[^"]*"', rf'\1"{port}"', text)
     if bench:
         text = text.replace('serial_port = "/dev/ttyAMA0"', "enabled = false")
-        text = re.sub(r"\[hardware\.\w+\]\ntype = \"serial\".*?\n\n", "", text, flags=re.S)
+        kept = "|".join(ports or ()) or "(?!)"
+        text = re.sub(rf"\[hardware\.(?!(?:{kept})\])\w+\]\ntype = \"serial\".*?\n\n", "", text, flags=re.S)
         frames = tmp_path / "frames"  # no sensor here: the camera serves a directory of images
         frames.mkdir(exist_ok=True)
         text = re.sub(r'source = "picamera2"\nresolution = [^\n]*\n', f'source = "file"\npath = "{frames}"\n', text)

@@ -13,6 +13,7 @@ from typing import Any
 
 from edge.config import HardwareConfig
 from edge.hw.camera import FileCamera, PiCamera, make_camera
+from edge.hw.gcode import GcodeDevice
 from edge.hw.gpio import HardwareError, Input, Output, SafetyCircuit, make_pin_factory
 from edge.hw.scanner import Scanner, make_scanner
 from edge.hw.serialport import SerialDevice, port_identity
@@ -38,6 +39,7 @@ class Board:
         self.inputs: dict[str, Input] = {}
         self.safety: dict[str, SafetyCircuit] = {}
         self.serial: dict[str, SerialDevice] = {}
+        self.gcode: dict[str, GcodeDevice] = {}  # GRBL lasers, Marlin printers
         self.cameras: dict[str, FileCamera | PiCamera] = {}
         self.scanners: dict[str, Scanner] = {}
         self.faults: dict[str, str] = {}
@@ -75,6 +77,12 @@ class Board:
             self.inputs[dev.name] = Input(dev, self.factory, self._input_changed)
         elif dev.type in ("emergency_stop", "door_interlock"):
             self.safety[dev.name] = SafetyCircuit(dev, self.factory, self._safety_changed)
+        elif dev.type == "serial" and dev.protocol in ("grbl", "marlin"):
+            machine = GcodeDevice(dev, self.post)
+            machine.open()
+            if machine.fault:
+                self.faults[dev.name] = machine.fault
+            self.gcode[dev.name] = machine
         elif dev.type == "serial":
             port = SerialDevice(dev)
             port.open()
@@ -103,6 +111,8 @@ class Board:
     def _safety_changed(self, name: str, tripped: bool) -> None:
         if tripped:
             self.safe_all()  # first, from the callback thread, before the loop hears of it
+            for machine in self.gcode.values():
+                machine.emergency()  # a laser or printer mid-job: feed hold
         self.post("safety", {"device": name, "tripped": tripped})
 
     def tripped(self) -> list[str]:
@@ -132,7 +142,7 @@ class Board:
 
     def status(self) -> dict[str, Any]:
         devices: dict[str, Any] = {}
-        for group in (self.outputs, self.inputs, self.safety, self.serial, self.cameras, self.scanners):
+        for group in (self.outputs, self.inputs, self.safety, self.serial, self.gcode, self.cameras, self.scanners):
             for name, device in group.items():
                 devices[name] = device.status()
         return devices
@@ -140,7 +150,7 @@ class Board:
     def close(self) -> None:
         """Outputs safe first, then release every device."""
         self.safe_all()
-        for group in (self.scanners, self.cameras, self.serial, self.inputs, self.safety, self.outputs):
+        for group in (self.scanners, self.cameras, self.gcode, self.serial, self.inputs, self.safety, self.outputs):
             for device in group.values():
                 try:
                     device.close()

@@ -1,0 +1,163 @@
+"""G-code machines on the node: a GRBL laser or a Marlin printer behind the firmware bridge.
+
+The bridge's drivers block while they stream, so each job runs on a worker thread of its own;
+what it does reaches the node loop as posted events, like every other device:
+
+    stream_progress  {device, job, done, total}             at most every PROGRESS_S
+    stream_end       {device, job, ok, reason, executed, refused}
+
+A device that is absent or answers wrongly at start is a fault with the reason (the node goes
+on without it). The safety path does not wait for the loop: `emergency()` puts the machine in
+feed hold from the safety input's own callback, beside the relays going safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edge.config import HardwareConfig
+
+log = logging.getLogger(__name__)
+Post = Callable[[str, dict[str, Any]], None]
+PROGRESS_S = 0.5
+
+
+class GcodeDevice:
+    """One G-code machine (`protocol = "grbl"` or `"marlin"`) and the job it streams."""
+
+    def __init__(self, config: HardwareConfig, post: Post):
+        self.name = config.name
+        self.port = config.port or ""
+        self.baudrate = config.baudrate
+        self.protocol = config.protocol
+        self.post = post
+        self.driver: Any = None
+        self.version: str | None = None
+        self.fault: str | None = None
+        self.job: str | None = None
+        self.total = 0
+        self.done = 0
+        self.held = False
+        self.thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Connect and identify the machine; a failure is this device's fault, never a crash."""
+        try:
+            if self.protocol == "grbl":
+                from firmware_bridge.grbl import Grbl
+
+                self.driver = Grbl(self.port, self.baudrate)
+                self.version = f"GRBL {self.driver.open()}".strip()
+            else:
+                from firmware_bridge.marlin import Marlin
+
+                self.driver = Marlin(self.port, self.baudrate)
+                self.driver.open()
+                self.version = self.driver.identify()
+            self.fault = None
+            log.info("[hardware.%s] %s on %s", self.name, self.version, self.port)
+        except Exception as exc:  # absent port, wrong device, no answer: the reason is the fault
+            self.fault = f"{self.port}: {exc}"
+            log.warning("[hardware.%s] %s", self.name, self.fault)
+            if self.driver is not None:
+                self.driver.close()
+            self.driver = None
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, job: str, lines: Sequence[str], start: int = 0,
+              on_fault: Callable[[], None] | None = None, check: bool = False) -> str | None:
+        """Stream `lines` from index `start` on a worker thread; returns why not, if it cannot."""
+        if self.driver is None:
+            return self.fault or f"[hardware.{self.name}] is not connected"
+        if self.busy:
+            return f"[hardware.{self.name}] is busy with job {self.job}"
+        self.job, self.total, self.done, self.held = job, len(lines), start, False
+        self.thread = threading.Thread(target=self._run, args=(job, list(lines), start, on_fault, check),
+                                       name=f"stream-{self.name}", daemon=True)
+        self.thread.start()
+        return None
+
+    def _run(self, job: str, lines: list[str], start: int, on_fault: Callable[[], None] | None,
+             check: bool) -> None:
+        last = 0.0
+
+        def progress(done: int) -> None:
+            nonlocal last
+            self.done = done
+            now = time.monotonic()
+            if now - last >= PROGRESS_S or done == len(lines):
+                last = now
+                self.post("stream_progress", {"device": self.name, "job": job, "done": done, "total": len(lines)})
+
+        end: dict[str, Any] = {"device": self.name, "job": job, "ok": True, "reason": "", "refused": []}
+        try:
+            if check and self.protocol == "grbl":
+                errors = self.driver.check(lines)
+                if errors:
+                    refused = [getattr(e, "line_number", 0) for e in errors]
+                    self.post("stream_end", {**end, "ok": False, "executed": start, "refused": refused,
+                                             "reason": f"check mode refused {len(errors)} line(s), first: {errors[0]}"})
+                    return
+            kwargs: dict[str, Any] = {"start": start, "on_progress": progress}
+            if self.protocol == "grbl" and on_fault is not None:
+                kwargs["on_fault"] = on_fault
+            try:
+                report = self.driver.stream(lines, **kwargs)
+            except TypeError:  # a driver without on_fault: the node's relays are its safety
+                kwargs.pop("on_fault", None)
+                report = self.driver.stream(lines, **kwargs)
+            end["executed"] = getattr(report, "executed", None) or getattr(report, "position", len(lines))
+        except Exception as exc:
+            if on_fault is not None:
+                on_fault()
+            executed = getattr(exc, "executed", None)
+            end.update(ok=False, reason=str(exc) or type(exc).__name__,
+                       executed=executed if isinstance(executed, int) else getattr(exc, "position", self.done),
+                       refused=list(getattr(exc, "refused", []) or []))
+            log.warning("[hardware.%s] job %s stopped: %s", self.name, job, end["reason"])
+        self.post("stream_end", end)
+
+    # -- the operator's and the safety path's
+    def emergency(self) -> None:
+        """Feed hold at once (any thread): the safety input's callback calls this."""
+        if self.driver is not None and self.protocol == "grbl":
+            try:
+                self.driver.feed_hold()
+                self.held = True
+            except Exception as exc:  # the relays are off anyway; say why the hold failed
+                log.error("[hardware.%s] feed hold failed: %s", self.name, exc)
+
+    def hold(self) -> None:
+        self.emergency()
+
+    def resume(self) -> None:
+        if self.driver is not None and self.protocol == "grbl":
+            self.driver.resume()
+            self.held = False
+
+    def command(self, line: str) -> None:
+        if self.driver is None:
+            raise RuntimeError(self.fault or f"[hardware.{self.name}] is not connected")
+        if self.busy:
+            raise RuntimeError(f"[hardware.{self.name}] is busy with job {self.job}")
+        self.driver.command(line)
+
+    def status(self) -> dict[str, Any]:
+        return {"type": "serial", "protocol": self.protocol, "port": self.port, "open": self.driver is not None,
+                "version": self.version, "fault": self.fault,
+                "job": {"job": self.job, "done": self.done, "total": self.total, "held": self.held}
+                if self.busy else None}
+
+    def close(self) -> None:
+        if self.driver is not None:
+            if self.busy and self.protocol == "grbl":
+                self.emergency()
+            self.driver.close()
+            self.driver = None

@@ -106,6 +106,7 @@ class Marlin(TextDevice):
         self._events: deque[tuple[str, int]] = deque()  # ("ok"|"resend"|"wait"|"start"|"fatal", n)
         self._fatal: str | None = None
         self._last_heard = time.monotonic()
+        self._held = False
 
     def open(self, timeout: float = 5.0) -> None:
         """Open the port and reset line numbers (M110), retrying while the board boots.
@@ -146,6 +147,26 @@ class Marlin(TextDevice):
             raise MarlinFault(f"{self.port_name}: M105 gave no temperatures")
         return self.temperatures
 
+    def feed_hold(self) -> None:
+        """Hold the job between lines (any thread): nothing more is sent until `resume()`.
+
+        Marlin has no realtime hold like GRBL's ``!``: the host stops sending, and the printer
+        finishes the moves it has already queued (a few lines' worth) and waits.
+        """
+        with self._lock:
+            self._held = True
+            self._lock.notify_all()
+
+    def resume(self) -> None:
+        """Go on sending the held job's lines (any thread)."""
+        with self._lock:
+            self._held = False
+            self._lock.notify_all()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
     def stream(
         self,
         lines: Iterable[str],
@@ -155,6 +176,7 @@ class Marlin(TextDevice):
         """Send job lines from ``start``, one at a time, each numbered and checksummed."""
         job = [g for g in (clean_gcode(line) for line in lines)]
         report = StreamReport(position=start)
+        self._held = False  # a hold belongs to the job it was given in
         begun = time.monotonic()
         try:
             self._run_job(job, report, start, on_progress)
@@ -179,6 +201,10 @@ class Marlin(TextDevice):
                 continue
             sent_at_number[number] = index
             with self._lock:  # an idle "wait" from before this line says nothing about it
+                while self._held and not self._gone:
+                    self._lock.wait(1.0)
+                if self._gone:
+                    raise MarlinGone(self._gone, report.position)
                 self._events = deque(e for e in self._events if e[0] != "wait")
             self._send_numbered(number, job[index])
             report.bytes += len(job[index])

@@ -126,8 +126,9 @@ class GcodeDevice:
 
     # -- the operator's and the safety path's
     def emergency(self) -> None:
-        """Feed hold at once (any thread): the safety input's callback calls this."""
-        if self.driver is not None and self.protocol == "grbl":
+        """Feed hold at once (any thread): the safety input's callback calls this. GRBL holds
+        in its planner (`!`); the Marlin driver stops sending between lines."""
+        if self.driver is not None:
             try:
                 self.driver.feed_hold()
                 self.held = True
@@ -138,7 +139,7 @@ class GcodeDevice:
         self.emergency()
 
     def resume(self) -> None:
-        if self.driver is not None and self.protocol == "grbl":
+        if self.driver is not None:
             self.driver.resume()
             self.held = False
 
@@ -157,7 +158,7 @@ class GcodeDevice:
 
     def close(self) -> None:
         if self.driver is not None:
-            if self.busy and self.protocol == "grbl":
+            if self.busy:
                 self.emergency()
             self.driver.close()
             self.driver = None

@@ -74,6 +74,8 @@ def example_station(name: str, tmp_path: Path, mqtt: str | None = None, scanner_
     text = head + sep + (mqtt if mqtt is not None else "enabled = false") + "\n\n" + tail
     text = text.replace('data_dir = "/var/lib/fabrique-edge"', f'data_dir = "{tmp_path / name}"')
     text = text.replace('line_file = "line.toml"', f'line_file = "{EXAMPLES / "line.toml"}"')
+    text = re.sub(r'^library = "([^"]*)"', lambda m: f'library = "{(EXAMPLES / m.group(1)).resolve()}"', text,
+                  flags=re.M)
     node_id = text.split('id = "', 1)[1].split('"', 1)[0]
     text = text.replace('key_file = "/etc/fabrique-edge/node.key"',
                         f'key_file = "{ROOT / "examples" / "keys" / "nodes" / f"EXAMPLE-ONLY-{node_id}.pem"}"')

@@ -165,7 +165,9 @@ def demo(args: argparse.Namespace) -> int:
             say(f"   {node.name:<13} events {sum(st['vector'].values()):>3}  job {states[kind]['status']:<9} ({same})")
         ok = all(s == states["pickup"] for s in states.values())
         if args.keep:
-            say(f"\nFiles of this run (logs, ledgers, station files, broker config): {workdir}")
+            preview = nodes["laser"].data_dir / "files" / "jobs" / first / "laser-preview.png"
+            say(f"\nThe laser's toolpath of order {first}: {preview}")
+            say(f"Files of this run (logs, ledgers, station files, broker config): {workdir}")
         return 0 if ok else 1
     except (RuntimeError, AssertionError, OSError) as exc:
         print(f"edge demo: {exc}", file=sys.stderr)
@@ -176,7 +178,7 @@ def demo(args: argparse.Namespace) -> int:
         if dashboard is not None:
             dashboard.close()
         for node in nodes.values():
-            node.stop()
+            node.close()
         broker.kill()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -270,11 +270,13 @@ stdin = true
 
 
 def example_station_text(kind: str, name: str, data_dir: Path, port: int, password_file: Path,
-                         line_file: Path, key_file: Path, log_level: str = "info") -> str:
+                         line_file: Path, key_file: Path, log_level: str = "info",
+                         ports: dict[str, str] | None = None) -> str:
     """examples/line/<kind>.toml made to run here: the same `[station]` and GPIO devices (on
     mock pins), its node and MQTT sections pointing at the simulated line, each scanner reading
-    a FIFO `<data_dir>/../<device>.fifo` (`SimNode.scan` writes to it), and the serial devices
-    and cameras, which need a real port or sensor, left out. Its console is on stdin."""
+    a FIFO `<data_dir>/../<device>.fifo` (`SimNode.scan` writes to it), the G-code machines on
+    the ports in `ports` (simulators), and the other serial devices and cameras, which need a
+    real port or sensor, left out. Its console is on stdin."""
     import tomllib
 
     import tomli_w
@@ -288,11 +290,35 @@ def example_station_text(kind: str, name: str, data_dir: Path, port: int, passwo
     for device, spec in doc.get("hardware", {}).items():
         if spec.get("type") == "scanner":
             hardware[device] = {"type": "scanner", "source": "file", "path": str(data_dir.parent / f"{device}.fifo")}
+        elif spec.get("type") == "serial" and device in (ports or {}):
+            hardware[device] = {**spec, "port": (ports or {})[device]}
         elif spec.get("type") not in ("serial", "camera"):
             hardware[device] = spec
     doc["hardware"] = hardware
     doc["console"] = {"stdin": True}
+    station = doc.get("station", {})
+    if isinstance(station.get("library"), str):  # relative to the example file, wherever this one goes
+        station["library"] = str((EXAMPLES / station["library"]).resolve())
     return tomli_w.dumps(doc)
+
+
+SIM_TIME_SCALE = 0.05  # simulated machines run 20x faster than the real ones: a demo, not a day
+
+
+def simulated_machines(kind: str) -> dict[str, Any]:
+    """A started simulator on a pty for each G-code machine of examples/line/<kind>.toml."""
+    doc = tomllib.loads((EXAMPLES / f"{kind}.toml").read_text())
+    machines: dict[str, Any] = {}
+    for device, spec in doc.get("hardware", {}).items():
+        if spec.get("type") == "serial" and spec.get("protocol") == "grbl":
+            from firmware_bridge.sim.grbl import SimulatedGrbl
+
+            machines[device] = SimulatedGrbl(time_scale=SIM_TIME_SCALE).start()
+        elif spec.get("type") == "serial" and spec.get("protocol") == "marlin":
+            from firmware_bridge.sim.marlin import SimulatedMarlin
+
+            machines[device] = SimulatedMarlin().start()
+    return machines
 
 
 class SimNode:
@@ -321,8 +347,11 @@ class SimNode:
                 sim_line_file(line_file, [name])
         self.line_file = line_file
         self.config = self.dir / "station.toml"
+        self.machines: dict[str, Any] = {}  # simulated GRBL / Marlin behind the example's serial ports
         if example:
-            self.config.write_text(example_station_text(kind, name, self.data_dir, port, pw, line_file, key, log_level))
+            self.machines = simulated_machines(kind)
+            self.config.write_text(example_station_text(kind, name, self.data_dir, port, pw, line_file, key, log_level,
+                                                        {d: m.port for d, m in self.machines.items()}))
         else:
             self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol, mqtt_extra,
                                                 hardware or SIM_HARDWARE.get(kind, ""), line_file=line_file,
@@ -434,6 +463,12 @@ class SimNode:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+
+    def close(self) -> None:
+        """Stop the node and switch off its simulated machines."""
+        self.stop()
+        for machine in self.machines.values():
+            machine.close()
 
     def ledger_ids(self) -> list[str]:
         """Every event id stored on disk (hot set and archive), duplicates included if any."""

@@ -10,6 +10,7 @@ A node on mock pins drives outputs nobody sees and waits for inputs nobody chang
               the world last saw it, on the same job, at a beam.
     pickup    the visitor: every locker door starts shut; a lock released for the visitor is
               opened VISITOR_S later, the stand taken, the door shut again TAKE_S after that.
+    printer   the bed reads clear (`bed_clear`): each print is taken off at once.
 
 The world only reads outputs and drives inputs, like the wiring it stands for; which carrier
 rides the belt is the one fact it takes from the transfer (physically, the one its gate let go).
@@ -57,6 +58,9 @@ class World:
             self.parts.append(Belt(self, options))
         elif kind == "pickup" and options is not None:
             self.parts.append(Visitor(self, options))
+        bed = getattr(options, "bed_clear", None)
+        if kind == "printer" and bed in self.node.board.inputs:
+            self.set_input(bed, True)  # the gripper takes each print off at once: the bed reads clear
         if self.parts:
             log.info("simulated world: %s", ", ".join(p.describe() for p in self.parts))
             self.thread = threading.Thread(target=self._run, name="world", daemon=True)

@@ -3,6 +3,8 @@ from a visitor's scan at intake to the locker at pickup, with nobody driving a c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from trailer import run_edge
 
 from edge.store import Store
@@ -33,6 +35,16 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
                     for s in state.steps} == {(k, "done", f"{k}-1", 1) for k in STATIONS}
     finally:
         store.close()
+    # the laser engraved each visitor's own text through GRBL, the printer printed their colour
+    for job in jobs:
+        created = next(e for e in events if e.job == job and e.type == "created")
+        options = created.data["order"]["options"]
+        laser = next(e for e in events if e.job == job and e.type == "step_started" and e.step == "laser")
+        printer = next(e for e in events if e.job == job and e.type == "step_started" and e.step == "printer")
+        assert laser.data["text"] == options["text"] and laser.data["lines"] > 20
+        assert printer.data["file"] == f"stand/{options['colour']}.gcode"
+    preview = out.split("The laser's toolpath of order ")[1].split(": ", 1)[1].split("\n")[0]
+    assert Path(preview).stat().st_size > 1000
     operator = [e for e in events if e.type in ("override", "step_skipped", "cancelled") or e.data.get("manual")]
     assert operator == []  # no console command moved the line
     assert len({e.id for e in events}) == len(events)

@@ -9,7 +9,8 @@ way they are in the trailer. Seeds are fixed: a rerun damages the same byte posi
   Goodput = payload bytes acknowledged per second. Bit error rates 0, 1e-4, 1e-3.
 * grbl: an engraving program of short segments (0.2 mm at F6000, 2 ms each) streamed to
   the GRBL simulator with a 2 ms USB-serial adapter latency, character counting against the
-  128-byte RX buffer vs one line at a time, in the same run.
+  128-byte RX buffer vs one line at a time, in the same run. A stream ends when every line
+  has run (GRBL idle), not at the last ``ok``.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def grbl_rate(segments: int, latency: float) -> dict[str, object]:
             report = laser.stream(job, counting=counting)
             result[mode] = {
                 "lines": report.lines,
+                "executed": report.executed,
                 "seconds": round(report.seconds, 3),
                 "lines_per_s": round(report.lines / report.seconds, 1),
                 "rx_overflow_bytes": sim.overflowed,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firmware_bridge.grbl import Grbl, GrblFault
+from firmware_bridge.grbl import Grbl, GrblFault, modal_prelude
 from firmware_bridge.link import BoardLink, LinkFault
 from firmware_bridge.marlin import Marlin, MarlinFault
 
@@ -24,7 +24,7 @@ examples:
   python -m firmware_bridge sim grbl          # prints a pty to point the commands above at
 
 exit status: 0 done, 1 the device faulted during the job (the message says where to resume),
-2 bad input (no such file, port cannot be opened, not the firmware asked for).
+2 bad input (no such file, port cannot be opened, not the firmware asked for, cannot resume there).
 """
 
 
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="send a G-code file to a GRBL or Marlin device",
         description="Send a G-code file. GRBL lines are character-counted against the 128-byte RX buffer; "
         "Marlin lines are numbered and checksummed and resent on request. A progress bar goes to stderr, "
-        "the report (lines, bytes, errors, resends, seconds) to stdout.",
+        "the report (lines, bytes, errors, resends, seconds; GRBL: lines acknowledged and executed) to stdout. "
+        "On a GRBL fault the laser is stopped (feed hold, soft reset) before the command exits.",
     )
     stream.add_argument("file", type=Path, help="G-code file to send")
     stream.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="skip the first N lines of the file (N is printed when a job stops on a fault)",
+        help="skip the first N lines of the file (N is printed when a job stops on a fault); GRBL: "
+        "the modal state of lines 1..N (units, distance mode, coordinates, feed, laser mode and power) "
+        "is restored first, without moving",
     )
     stream.add_argument(
         "--check", action="store_true", help="GRBL only: dry-run the file in check mode ($C) first"
@@ -127,6 +130,13 @@ def stream_command(args: argparse.Namespace) -> int:
         raise BadInput(f"--resume-from {args.resume_from} is outside the file ({len(job)} lines)")
     if args.check and args.flavor != "grbl":
         raise BadInput("--check is GRBL's check mode; Marlin has none")
+    grbl = args.flavor == "grbl"
+    if grbl and args.resume_from:
+        try:
+            prelude = modal_prelude(job, args.resume_from)
+        except ValueError as exc:
+            raise BadInput(f"cannot resume at line {args.resume_from + 1}: {exc}") from exc
+        print(f"resuming at line {args.resume_from + 1} after: {' | '.join(prelude)}", file=sys.stderr)
     bar = ProgressBar(len(job), args.resume_from)
     result: dict[str, Any] = {"port": args.port, "flavor": args.flavor, "file": str(args.file)}
     device = Grbl(args.port, args.baud) if args.flavor == "grbl" else Marlin(args.port, args.baud)
@@ -149,15 +159,25 @@ def stream_command(args: argparse.Namespace) -> int:
         bar(fault.position, final=True)
         result.update(status="fault", fault=str(fault), position=fault.position)
         print(f"fault: {fault}", file=sys.stderr)
-        print(f"resume with: --resume-from {fault.position}", file=sys.stderr)
+        resume_at = fault.position
+        if isinstance(fault, GrblFault):
+            resume_at = fault.executed
+            result.update(executed=fault.executed, refused=fault.refused)
+            print(f"acknowledged {fault.position} lines, executed {fault.executed}", file=sys.stderr)
+            if fault.refused:
+                print(f"refused lines: {', '.join(str(i + 1) for i in fault.refused)}", file=sys.stderr)
+            if isinstance(device, Grbl) and device.buffer_reports is False:
+                print("note: GRBL's status reports carry no Bf: ($10=3 adds them), so the last line known "
+                      "to have run can be far behind the machine", file=sys.stderr)
+        print(f"resume with: --resume-from {resume_at}", file=sys.stderr)
         status = 1
     finally:
         device.close()
-    summary = {
-        k: result[k]
-        for k in ("status", "lines", "bytes", "errors", "resends", "seconds", "position")
-        if k in result
-    }
+    if not grbl:
+        result.pop("executed", None)
+        result.pop("refused", None)
+    keys = ("status", "lines", "bytes", "errors", "resends", "seconds", "position", "executed")
+    summary = {k: result[k] for k in keys if k in result}
     if "seconds" in summary:
         summary["seconds"] = round(summary["seconds"], 3)
     print(" ".join(f"{key}={value}" for key, value in summary.items()))

@@ -1,9 +1,27 @@
-"""GRBL 1.1 streaming (lasers, CNC): character counting against the 128-byte RX buffer.
+"""GRBL 1.1 streaming (lasers, CNC): character counting, what has really run, and a safe stop.
 
 GRBL answers every line with ``ok`` or ``error:N`` once it has taken the line out of its
-receive buffer. Counting the bytes of the lines not yet answered, the host keeps that
-buffer as full as it can without ever overflowing it: the planner never starves on short
-segments (engraving), where one-line-at-a-time waits a full round trip per line.
+128-byte receive buffer and parsed it into its 15-block planner: an ``ok`` says a line is
+planned, not that it has run. Counting the bytes of the lines not yet answered, the host
+keeps that buffer as full as it can without ever overflowing it.
+
+What has run is learned while waiting for answers: the streamer polls ``?`` (every
+``poll_interval``) and folds each status report into a ``Progress``: with ``Bf:`` in the
+report ($10=3) the planner's free blocks say how many of the answered moves still wait;
+lines GRBL answers only once its planner is empty (M3/M4/M5 changes, G4, M0/M2/M30) and an
+Idle machine with nothing owed say that everything before them has run. ``executed`` is the
+first line not known to have run: where a resume must start. A machine that keeps answering
+``?`` is busy, never faulty; only silence for ``timeout`` seconds is ``GrblGone``.
+
+On any fault during a job the streamer calls ``on_fault`` first (the node drops its laser
+relay), then feed-holds (``!``), waits for the hold to complete and soft-resets (0x18): the
+reset turns the spindle/laser off and flushes the planner and the RX buffer, and from a
+completed hold it keeps the position (no ALARM:3). A ``M5`` line would not do: GRBL parses
+no line while held, and it would queue behind the job's own lines.
+
+A resumed job (``start > 0``) is preceded by ``modal_prelude``: the units, distance mode,
+coordinate system, plane, feed, coolant and laser mode and power in force at that line,
+which a reset (or a power cut) has lost. It never moves the machine.
 
 Real-time commands (``?`` status, ``!`` feed hold, ``~`` resume, 0x18 soft reset) bypass
 the buffer and are never counted. ``$X`` (unlock after an alarm) is sent only when asked
@@ -12,6 +30,7 @@ for: clearing an alarm is an operator's decision, never the streamer's.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import time
@@ -25,8 +44,19 @@ log = logging.getLogger(__name__)
 
 RX_BUFFER = 128
 MAX_LINE = 80  # GRBL's LINE_BUFFER_SIZE
+PLANNER_BLOCKS = 15  # BLOCK_BUFFER_SIZE - 1: what ``Bf:`` counts down from
 STATUS_QUERY, FEED_HOLD, CYCLE_START, SOFT_RESET = b"?", b"!", b"~", b"\x18"
 BANNER = re.compile(r"^Grbl (\d+\.\d+)(\w*)")
+SETTING = re.compile(r"^\$(\d+)=(.*)$")
+# Ends whatever partial line another program left in GRBL's line buffer, and makes GRBL refuse
+# it: ")" closes a "(" comment, "$" is no G-code word nor a complete $ command after anything.
+SYNC_LINE = b")$\n"
+# A block leaves the planner when the stepper has cut its last segment, not when it has run: up to
+# SEGMENT_BLOCKS of them (SEGMENT_BUFFER_SIZE 6), about 50 ms of motion, may still be to run.
+SEGMENT_BLOCKS = 6
+SEGMENT_LEAD = 0.1  # s: by a report this much later, those have run
+SETTLED = ("Idle", "Hold:0", "Door:0", "Door:1", "Check")  # nothing in motion: Bf: is exact
+MOVING = ("Run", "Jog", "Home", "Hold:1", "Door:2", "Door:3")
 
 ERRORS = {
     1: "G-code words consist of a letter and a value; letter was not found",
@@ -89,18 +119,25 @@ def alarm_meaning(code: int) -> str:
 
 
 class GrblFault(Exception):
-    """A job could not go on; ``position`` lines were answered before it stopped."""
+    """A job could not go on.
 
-    def __init__(self, message: str, position: int = 0) -> None:
+    ``position``: job lines answered (acknowledged) before it stopped; ``executed``: the first
+    line not known to have run, where a resume must start; ``refused``: every line answered
+    ``error:N``."""
+
+    def __init__(self, message: str, position: int = 0, executed: int | None = None) -> None:
         super().__init__(message)
         self.position = position
+        self.executed = position if executed is None else executed
+        self.refused: list[int] = []
 
 
 class GrblError(GrblFault):
-    """GRBL refused a line with ``error:N``."""
+    """GRBL refused a line with ``error:N`` (``line_number`` -1: a line of the resume prelude)."""
 
     def __init__(self, code: int, line_number: int, line: str, position: int) -> None:
-        super().__init__(f"line {line_number + 1} '{line}': error:{code} {error_meaning(code)}", position)
+        where = f"line {line_number + 1}" if line_number >= 0 else "resume prelude line"
+        super().__init__(f"{where} '{line}': error:{code} {error_meaning(code)}", position)
         self.code = code
         self.line_number = line_number
 
@@ -114,7 +151,11 @@ class GrblAlarm(GrblFault):
 
 
 class GrblGone(GrblFault):
-    """The port went away or GRBL reset itself during a job."""
+    """The port went away, GRBL went silent, or GRBL reset itself during a job."""
+
+
+class GrblReset(GrblGone):
+    """GRBL reset itself during a job (its banner came): the reset stopped the laser already."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +210,10 @@ def clean_line(line: str) -> str:
 
 @dataclass
 class StreamReport:
-    """What a job did: for the CLI's report and for resuming."""
+    """What a job did: for the CLI's report and for resuming.
+
+    ``position``: lines acknowledged; ``executed``: lines known to have run (all of them when
+    ``stream`` returns); ``refused``: lines answered ``error:N`` (with ``stop_on_error=False``)."""
 
     lines: int = 0
     bytes: int = 0
@@ -177,31 +221,326 @@ class StreamReport:
     resends: int = 0
     seconds: float = 0.0
     position: int = 0
+    executed: int = 0
+    refused: list[int] = field(default_factory=list)
+
+
+# -- the parser state a job leaves behind (pure) -------------------------------------------
+WORD = re.compile(r"([A-Z])([-+]?(?:\d+\.?\d*|\.\d+))")
+MOTIONS = ("G0", "G1", "G2", "G3", "G38.2", "G38.3", "G38.4", "G38.5", "G80")
+AXIS_DATA = {"G10", "G28.1", "G30.1", "G43.1", "G92"}  # axis words that are values, not a move
+
+
+@dataclass(frozen=True)
+class LineEffect:
+    """What a line does to GRBL's planner: ``moves`` when it commands motion, ``blocks`` it
+    surely adds (a lower bound: 0 when the move cannot be told from none), and ``sync``:
+    "before" when GRBL waits for an empty planner before the line (spindle, coolant, G4),
+    "after" when it waits once the line's own motion has run (M0, M2, M30, a probe)."""
+
+    blocks: int = 0
+    sync: str = ""
+    moves: bool = False
+
+
+@dataclass
+class ModalState:
+    """GRBL's parser state as a job leaves it; the defaults are those after a reset.
+
+    ``None`` means not known. ``position`` (work coordinates, mm) is only tracked to tell a
+    real move from one that plans no block; ``step`` is the shortest move, per axis, that
+    surely makes one (a step of the motor, 1/$100..$102; 0.1 mm when not known)."""
+
+    motion: str | None = "G0"
+    coordinates: str | None = "G54"
+    plane: str | None = "G17"
+    units: str | None = "G21"
+    distance: str | None = "G90"
+    feed_mode: str | None = "G94"
+    spindle: str | None = "M5"
+    coolant: frozenset[str] | None = frozenset()
+    feed: float = 0.0  # mm/min, 0 = not set
+    speed: float = 0.0
+    offset_line: str | None = None  # a G92 offset set by this line is in force
+    position: list[float | None] = field(default_factory=lambda: [None, None, None])
+    step: tuple[float, float, float] = (0.1, 0.1, 0.1)
+
+    @classmethod
+    def unknown(cls, step: tuple[float, float, float] = (0.1, 0.1, 0.1)) -> ModalState:
+        return cls(None, None, None, None, None, None, None, None, step=step)
+
+    @classmethod
+    def from_report(cls, report: str, step: tuple[float, float, float] = (0.1, 0.1, 0.1)) -> ModalState:
+        """The state ``$G`` reports: ``[GC:G0 G54 G17 G21 G90 G94 M5 M9 T0 F0 S0]``."""
+        state = cls.unknown(step)
+        words = [w for w in report.strip("[]").removeprefix("GC:").split() if w not in ("M0", "M1", "M2", "M30")]
+        state.apply("".join(words))
+        return state
+
+    def apply(self, line: str) -> LineEffect:
+        """Fold one cleaned line (as ``clean_line`` leaves it) the way GRBL's parser would."""
+        words = WORD.findall(line)
+        if line.startswith("$J="):
+            return LineEffect(moves=True)  # a jog
+        if line.startswith("$") or not words or "".join(a + b for a, b in words) != line:
+            return LineEffect()  # a system command, or a line GRBL refuses: no change
+        g = {f"G{float(v):g}" for letter, v in words if letter == "G"}
+        m = {f"M{float(v):g}" for letter, v in words if letter == "M"}
+        values = {letter: float(v) for letter, v in words if letter not in "GM"}
+        sync = ""
+        feed_mode = next((c for c in ("G93", "G94") if c in g), self.feed_mode)
+        self.units = next((c for c in ("G20", "G21") if c in g), self.units)
+        scale = 25.4 if self.units == "G20" else 1.0
+        if feed_mode == "G93" or (self.feed_mode == "G93" and feed_mode == "G94"):
+            self.feed = 0.0  # inverse time: F on every move; back to G94, the feed is undefined
+        if "F" in values and feed_mode == "G94":
+            self.feed = values["F"] * scale
+        self.feed_mode = feed_mode
+        motion = next((c for c in MOTIONS if c in g), self.motion)
+        moving = any(a in values for a in "XYZ") and not g & AXIS_DATA and motion != "G80"
+        if "S" in values and values["S"] != self.speed and self.spindle not in (None, "M5") and not moving:
+            sync = "before"  # a new S outside a move waits for the planner (with or without $32)
+        self.speed = values.get("S", self.speed)
+        spindle = next((c for c in ("M3", "M4", "M5") if c in m), self.spindle)
+        if spindle != self.spindle and self.spindle is not None:
+            sync = "before"
+        self.spindle = spindle
+        if m & {"M7", "M8", "M9"}:
+            coolant = frozenset() if "M9" in m else (self.coolant or frozenset()) | (m & {"M7", "M8"})
+            if self.coolant is not None and coolant != self.coolant:
+                sync = "before"
+            self.coolant = coolant
+        if "G4" in g:
+            sync = "before"
+        self.plane = next((c for c in ("G17", "G18", "G19") if c in g), self.plane)
+        self.distance = next((c for c in ("G90", "G91") if c in g), self.distance)
+        frame = next((c for c in ("G54", "G55", "G56", "G57", "G58", "G59") if c in g), self.coordinates)
+        if frame != self.coordinates or g & {"G10", "G43.1", "G49", "G92.1"}:
+            self.position = [None, None, None]
+        self.coordinates = frame
+        if "G92" in g:
+            self.offset_line = line
+            self.position = [values[a] * scale if a in values else p for a, p in zip("XYZ", self.position, strict=True)]
+        if "G92.1" in g:
+            self.offset_line = None
+        self.motion = motion
+        blocks = self._move(values, scale, g) if moving else 0
+        if m & {"M0", "M2", "M30"} or (moving and (motion or "").startswith("G38")):
+            sync = sync or "after"  # a probe, too, is answered once it has run
+        if m & {"M2", "M30"}:  # program end: a subset of the state goes back to its defaults
+            if self.coordinates != "G54":
+                self.position = [None, None, None]
+            self.motion, self.plane, self.distance, self.feed_mode = "G1", "G17", "G90", "G94"
+            self.coordinates, self.spindle, self.coolant = "G54", "M5", frozenset()
+        return LineEffect(blocks, sync, moving or bool(g & {"G28", "G30"}))
+
+    def _move(self, values: dict[str, float], scale: float, g: set[str]) -> int:
+        if g & {"G28", "G30", "G53"} or (self.motion or "").startswith("G38"):
+            self.position = [None, None, None]  # a move to a stored or machine position: 1 block or 2
+            return 0
+        moved = False
+        for axis, letter in enumerate("XYZ"):
+            if letter not in values:
+                continue
+            old, value = self.position[axis], values[letter] * scale
+            if self.distance == "G91":
+                new = None if old is None else old + value
+                moved |= abs(value) >= self.step[axis]
+            elif self.distance == "G90":
+                new = value
+                moved |= old is not None and abs(value - old) >= self.step[axis]
+            else:
+                new = None
+            self.position[axis] = new
+        return 1 if moved and self.motion in ("G0", "G1", "G2", "G3") else 0
+
+    def prelude(self) -> list[str]:
+        """The lines that put a freshly reset GRBL into this state, without moving it."""
+        if self.offset_line is not None:
+            raise ValueError(
+                f"a G92 offset ('{self.offset_line}') is in force: it is lost on a reset and can only be "
+                "set again with the machine where it was set; resume from before that line"
+            )
+        known = [self.units, self.distance, self.plane, self.coordinates, self.feed_mode]
+        lines = [" ".join(c for c in known if c is not None)]
+        feed = f"F{_number(self.feed / (25.4 if self.units == 'G20' else 1.0))}" if self.feed > 0 else ""
+        if self.motion == "G1" and self.feed_mode == "G93":
+            lines.append("G1 F1")  # inverse time: every move brings its own F; this one only sets G1
+        elif self.motion == "G1" and feed:
+            lines.append(f"G1 {feed}")  # G1 alone needs a feed (error:22 otherwise)
+        elif self.motion in ("G0", "G80"):
+            lines.append(f"{self.motion} {feed}".strip())
+        elif feed:
+            lines.append(feed)  # G2/G3/G38 cannot be set without a move: a line relying on it is refused
+        lines += sorted(self.coolant or ())
+        if self.spindle in ("M3", "M4"):
+            lines.append(f"{self.spindle} S{_number(self.speed)}")  # M4 stays dark until a move; M3 lights now
+        elif self.speed:
+            lines.append(f"S{_number(self.speed)}")
+        return [line for line in lines if line]
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".") or "0"
+
+
+def modal_prelude(lines: Sequence[str], n: int) -> list[str]:
+    """The lines that put a freshly reset GRBL into the modal state in force after ``lines[:n]``.
+
+    Units, distance mode, plane, coordinate system, feed-rate mode and feed, motion mode (G0/
+    G1/G80), coolant, and spindle/laser mode with its power, in that order; nothing moves.
+    Raises ValueError when the state cannot be restored (a G92 offset in force)."""
+    state = ModalState()
+    for line in lines[:n]:
+        state.apply(clean_line(line))
+    return state.prelude() if n > 0 else []
+
+
+# -- what has run (pure) -------------------------------------------------------------------
+class Progress:
+    """Which lines of one stream are known to have run, from answers and status reports.
+
+    Lines are counted in the order GRBL answers them: ``meta`` lines first (``$G``, the resume
+    prelude), then job lines from ``start``. A line without motion has run once it is answered
+    and every line before it has; a line with motion, once a status report shows its blocks out
+    of the planner, or a line answered only after a buffer sync came after it. While the machine
+    moves, the last SEGMENT_BLOCKS blocks out of the planner may still be in the stepper's segment
+    buffer: they are taken as run only from a report at least ``SEGMENT_LEAD`` later, or from a
+    settled one (Idle, held)."""
+
+    def __init__(self, start: int, meta: int, modal: ModalState, planner_blocks: int = PLANNER_BLOCKS) -> None:
+        self.start = start
+        self.meta = meta
+        self.modal = modal
+        self.planner_blocks = planner_blocks
+        self.cum: list[int] = []  # blocks planned by answered lines, through each one
+        self.moves: list[bool] = []  # per answered line: does it command motion?
+        self.lines_done = 0  # answered lines, from the first, known to have run
+        self._pending: deque[tuple[float, int]] = deque()  # (when, lines run) seen while moving
+
+    @property
+    def answered(self) -> int:
+        return len(self.cum)
+
+    @property
+    def executed(self) -> int:
+        """The first job line not known to have run."""
+        return self.start + max(0, self.lines_done - self.meta)
+
+    @property
+    def finished(self) -> bool:
+        """Every answered line has run."""
+        return self.lines_done >= len(self.cum)
+
+    def answer(self, line: str, ok: bool, parser_state: str | None = None) -> None:
+        """The next line in order was answered (``ok`` or refused)."""
+        k = len(self.cum)
+        if line == "$G" and ok and parser_state:
+            self.modal = ModalState.from_report(parser_state, self.modal.step)
+            effect = LineEffect()
+        else:
+            effect = self.modal.apply(line) if ok else LineEffect()  # a refused line did nothing
+        self.cum.append((self.cum[-1] if self.cum else 0) + effect.blocks)
+        self.moves.append(effect.moves)
+        # answered only once the planner was empty: what came before has run (and this line too, after)
+        self._advance(k + 1 if effect.sync == "after" else k if effect.sync else 0)
+
+    def status(self, report: GrblStatus, answered: int, sent: int, at: float) -> None:
+        """A status report that came after ``answered`` of ``sent`` lines were answered."""
+        if report.state.startswith(("Alarm", "Sleep")):
+            self._pending.clear()  # a reset killed what was in the stepper
+            return
+        answered = min(answered, len(self.cum))
+        planned = self.cum[answered - 1] if answered else 0
+        if report.planner_free is not None:
+            run = planned - max(0, self.planner_blocks - report.planner_free)
+            if report.state in SETTLED:
+                self._pending.clear()
+                self._advance(self._lines_within(run, answered))
+            elif report.state in MOVING:
+                self._advance(self._lines_within(run - SEGMENT_BLOCKS, answered))
+                self._pending.append((at, self._lines_within(run, answered)))
+            while self._pending and at - self._pending[0][0] >= SEGMENT_LEAD:
+                self._advance(self._pending.popleft()[1])
+        elif report.state == "Check" or (report.state == "Idle" and answered == sent):
+            self._advance(answered)  # idle with nothing owed: the planner has run dry
+
+    def _lines_within(self, blocks: int, answered: int) -> int:
+        """How many answered lines, from the first, planned no more than ``blocks`` blocks."""
+        return bisect.bisect_right(self.cum, blocks, 0, answered) if blocks >= 0 else 0
+
+    def _advance(self, lines: int) -> None:
+        self.lines_done = max(self.lines_done, min(lines, len(self.cum)))
+        while self.lines_done < len(self.cum) and not self.moves[self.lines_done]:
+            self.lines_done += 1
+
+
+# -- the controller ---------------------------------------------------------------------------
+@dataclass
+class _Stream:
+    """One ``stream`` call in flight: its lines in sending order and where each one is."""
+
+    lines: list[tuple[int | None, str]]  # (job index or None for a meta line, text)
+    report: StreamReport
+    progress: Progress
+    stop_on_error: bool
+    on_error: Callable[[GrblError], None] | None
+    on_progress: Callable[[int], None] | None
+    in_flight: deque[int] = field(default_factory=deque)  # positions in ``lines``, not yet answered
+    sent: int = 0
+    used: int = 0  # bytes of unanswered lines: what sits in GRBL's RX buffer
+    answers_base: int = 0
+    sent_base: int = 0
+    epoch: int = 0  # resets and alarms seen before it began: reports after another one are void
+
+    def dwell_owed(self) -> float:
+        """Seconds of G4 among the lines not yet answered (GRBL is Idle while it dwells)."""
+        total = 0.0
+        for position in self.in_flight:
+            words = WORD.findall(self.lines[position][1])
+            if ("G", 4.0) in [(letter, float(v)) for letter, v in words]:
+                total += sum(float(v) for letter, v in words if letter == "P")
+        return total
 
 
 class Grbl(TextDevice):
     """A GRBL 1.1 controller on a serial port."""
 
     gone = GrblGone
+    poll_interval = 0.25  # s between "?" while waiting; GRBL's guide asks for at most 5 Hz
+    hold_limit = 60.0  # s a feed hold may take to bring the machine to a stop before the reset goes anyway
 
     def __init__(self, port: str, baudrate: int = 115200, rx_buffer: int = RX_BUFFER) -> None:
         super().__init__(port, baudrate)
         self.rx_buffer = rx_buffer
+        self.planner_blocks = PLANNER_BLOCKS
         self.version: str | None = None
         self.messages: list[str] = []  # [MSG:...] and other feedback, for the operator
         self.alarm: int | None = None
-        self._answers: deque[str] = deque()  # ok, error:N, ALARM:N, RESET: in arrival order
+        self.parser_state: str | None = None  # the last $G report, [GC:...]
+        self.buffer_reports: bool | None = None  # do status reports carry Bf: ($10 bit 2)?
+        self.step_mm = (0.1, 0.1, 0.1)  # one motor step per axis, from $100..$102 when known
+        self._answers: deque[str] = deque()  # ok, error:N, ALARM:N and markers, in arrival order
+        self._reports: deque[tuple[GrblStatus, int, int, int, float]] = deque(maxlen=256)
+        self._settings: dict[int, str] = {}
         self._status: GrblStatus | None = None
         self._status_seen = 0
         self._banners = 0
+        self._alarms = 0
+        self._answered_total = 0  # every ok/error:N ever received
+        self._sent_total = 0  # every line ever sent
+        self._heard_at = 0.0
+        self._idle_since: float | None = None
+        self._next_poll = 0.0
         self._owed = False  # a job stopped with lines unanswered: resync before the next
 
     def open(self, timeout: float = 5.0) -> str:
-        """Open the port, make sure GRBL answers, and learn its version and buffer size ($I).
+        """Open the port, make sure GRBL answers, learn its version, buffers and settings.
 
         A board that resets on open (Arduino DTR) sends its banner; one that does not (a
         reconnect mid-job) answers ``?``. Neither is reset by this: a soft reset would stop
-        a running job with ALARM:3.
+        a running job with ALARM:3. A partial line another program left in GRBL's line buffer
+        is ended and refused first (``SYNC_LINE``), so it can neither run nor spoil ``$I``.
         """
         self._open_port(self._on_line)
         deadline = time.monotonic() + timeout
@@ -213,17 +552,39 @@ class Grbl(TextDevice):
                 raise GrblGone(self._gone)
             if not (self._banners or self._status_seen):
                 raise GrblGone(f"{self.port_name}: no answer from GRBL; is this a GRBL 1.1 controller at {self.baudrate} baud?")
-        self.stream(["$I"], timeout=timeout)  # build info; allowed in Idle and Alarm
+        if self._sync(timeout) != "ok":
+            state = self._status.state if self._status else "?"
+            log.warning("%s: GRBL refused $I (state %s, busy); version from its banner only", self.port_name, state)
         for message in self.messages:
             if (version := re.match(r"\[VER:(\d+\.\d+\w*)", message)) is not None:
                 self.version = version.group(1)
             if message.startswith("[OPT:"):
                 options = message[5:-1].split(",")
-                if len(options) >= 3 and options[2].isdigit():
-                    self.rx_buffer = int(options[2])
+                if len(options) >= 3 and options[1].isdigit() and options[2].isdigit():
+                    self.planner_blocks, self.rx_buffer = int(options[1]), int(options[2])
         if self.version and not self.version.startswith("1."):
             raise GrblGone(f"{self.port_name}: GRBL {self.version} found; this streamer speaks GRBL 1.1")
+        self._learn_settings(timeout)
         return self.version or ""
+
+    def _learn_settings(self, timeout: float) -> None:
+        """Motor steps (to tell a move from none) and whether reports carry ``Bf:`` ($10)."""
+        try:
+            settings = self.settings(timeout)
+        except GrblFault as fault:  # busy (a cycle or a hold): keep the cautious defaults
+            log.info("%s: settings not read (%s)", self.port_name, fault)
+            return
+        try:
+            self.step_mm = tuple(1.0 / float(settings[n]) for n in (100, 101, 102))  # type: ignore[assignment]
+            self.buffer_reports = bool(int(float(settings[10])) & 2)
+        except (KeyError, ValueError, ZeroDivisionError):
+            return
+        if not self.buffer_reports:
+            log.warning(
+                "%s: $10=%s: status reports carry no Bf:, so a line is known to have run only at a sync "
+                "(M3/M4/M5, G4, M2) or when GRBL is idle; $10=3 adds Bf: and resume points a few lines "
+                "behind the machine", self.port_name, settings[10],
+            )
 
     # -- real-time commands: straight to the wire, never counted --------------------
     def realtime(self, command: bytes) -> None:
@@ -264,10 +625,19 @@ class Grbl(TextDevice):
         self.command("$X")
 
     def command(self, line: str, timeout: float = 30.0) -> None:
-        """Send one line and wait for its answer (raises GrblError on error:N)."""
-        report = self.stream([line], timeout=timeout, counting=False)
-        if report.errors:
-            raise GrblFault(f"{line}: refused")
+        """Send one line, wait until it has run; a refusal raises GrblError (GRBL is not stopped)."""
+        refused: list[GrblError] = []
+        self.stream([line], timeout=timeout, counting=False, stop_on_error=False, on_error=refused.append)
+        if refused:
+            raise refused[0]
+
+    def settings(self, timeout: float = 5.0) -> dict[int, str]:
+        """``$$``: every setting, number -> value as GRBL prints it (refused during a cycle or a hold)."""
+        with self._lock:
+            self._settings.clear()
+        self.command("$$", timeout)
+        with self._lock:
+            return dict(self._settings)
 
     def check(self, lines: Sequence[str], timeout: float = 60.0) -> list[GrblError]:
         """Run the job through GRBL's check mode ($C): every line parsed, nothing moves."""
@@ -275,13 +645,23 @@ class Grbl(TextDevice):
         self.command("$C")
         try:
             self.stream(lines, stop_on_error=False, on_error=errors.append, timeout=timeout)
-        finally:
-            with self._lock:
-                banners = self._banners
-            self.command("$C")  # leaving check mode soft-resets GRBL
-            with self._lock:
-                self._lock.wait_for(lambda: self._banners > banners or self._gone, 5)
+        except BaseException:
+            try:
+                self._leave_check_mode()  # unless the fault's reset has left it already
+            except GrblFault as fault:
+                log.warning("%s: could not leave check mode: %s", self.port_name, fault)
+            raise
+        self._leave_check_mode()
         return errors
+
+    def _leave_check_mode(self) -> None:
+        if self.status().state != "Check":
+            return
+        with self._lock:
+            banners = self._banners
+        self.command("$C")  # leaving check mode soft-resets GRBL
+        with self._lock:
+            self._lock.wait_for(lambda: self._banners > banners or self._gone, 5)
 
     def stream(
         self,
@@ -291,132 +671,277 @@ class Grbl(TextDevice):
         stop_on_error: bool = True,
         on_error: Callable[[GrblError], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
-        timeout: float = 60.0,
+        timeout: float = 10.0,
+        replay_modal: bool = True,
+        on_fault: Callable[[], None] | None = None,
     ) -> StreamReport:
-        """Stream a job from line ``start``; ``counting=False`` waits for each answer (ping-pong)."""
+        """Stream a job from line ``start`` and return once every line has run.
+
+        ``counting=False`` waits for each answer (ping-pong). From ``start > 0`` the job's modal
+        state at that line is sent first (``modal_prelude``) unless ``replay_modal=False``.
+        ``timeout``: seconds GRBL may stay silent (it is asked ``?`` several times a second), not
+        how long a line may take. On a fault, ``on_fault`` is called first, then GRBL is
+        feed-held and soft-reset (laser off, planner flushed); the GrblFault says how many lines
+        were acknowledged (``position``), which had run (``executed``) and which were ``refused``.
+        """
         job = [clean_line(line) for line in lines]
-        report = StreamReport(position=start)
+        report = StreamReport(position=start, executed=start)
         begun = time.monotonic()
-        in_flight: deque[tuple[int, int]] = deque()  # (index, bytes) not yet answered
-        index = start
-        if self._owed:
-            self._resync(timeout)
-        with self._lock:
-            self._answers.clear()
+        run: _Stream | None = None
         try:
-            self._run_job(job, report, index, in_flight, counting, stop_on_error, on_error, on_progress, timeout)
-        except GrblFault as fault:
-            fault.position = report.position  # lines answered before the fault, wherever it came from
-            self._owed = bool(in_flight)
+            meta = ["$G", *self._prelude(job, start, replay_modal)]
+            for number, line in [(-1, line) for line in meta] + list(enumerate(job))[start:]:
+                if len(line) + 1 > min(MAX_LINE, self.rx_buffer):
+                    where = f"line {number + 1}" if number >= 0 else f"resume prelude line '{line}'"
+                    raise GrblFault(f"{where} is {len(line) + 1} bytes, longer than GRBL accepts ({MAX_LINE})", start)
+            progress = Progress(start, len(meta), ModalState.unknown(self.step_mm), self.planner_blocks)
+            run = _Stream([(None, line) for line in meta] + [(i, job[i]) for i in range(start, len(job))],
+                          report, progress, stop_on_error, on_error, on_progress)
+            self._begin(run, timeout)
+            self._send_all(run, counting, timeout)
+            while not progress.finished:  # every line answered: wait until the planner has run dry
+                self._pump(run, timeout)
+            report.executed = progress.executed
+        except BaseException as exc:  # a fault, or anything else: the laser must not stay on
+            self._after_fault(exc, run, on_fault, timeout)
+            if isinstance(exc, GrblFault):
+                exc.position = report.position
+                exc.executed = run.progress.executed if run is not None else start
+                exc.refused = list(report.refused)
+                report.executed = exc.executed
             raise
         report.seconds = time.monotonic() - begun
         return report
 
-    def _run_job(
-        self,
-        job: list[str],
-        report: StreamReport,
-        index: int,
-        in_flight: deque[tuple[int, int]],
-        counting: bool,
-        stop_on_error: bool,
-        on_error: Callable[[GrblError], None] | None,
-        on_progress: Callable[[int], None] | None,
-        timeout: float,
-    ) -> None:
-        used = 0
-        stopping: GrblError | None = None
-        while in_flight or (index < len(job) and stopping is None):
-            can_send = index < len(job) and stopping is None
-            if can_send:
-                size = len(job[index]) + 1
-                if size > min(MAX_LINE, self.rx_buffer):
-                    raise GrblFault(f"line {index + 1} is {size} bytes, longer than GRBL accepts ({MAX_LINE})", report.position)
-                room = used + size <= self.rx_buffer if counting else not in_flight
-                if room:
-                    self._write(job[index].encode("ascii") + b"\n")
-                    in_flight.append((index, size))
-                    used += size
-                    report.bytes += size
-                    index += 1
-                    continue
-            answer = self._next_answer(timeout, report.position)
-            done_index, size = in_flight.popleft()
-            used -= size
-            report.lines += 1
-            report.position = done_index + 1
-            if answer.startswith("error:"):
-                report.errors += 1
-                code = int(answer[6:]) if answer[6:].isdigit() else -1
-                error = GrblError(code, done_index, job[done_index], report.position)
-                log.warning("%s: %s", self.port_name, error)
-                if on_error is not None:
-                    on_error(error)
-                if stop_on_error and stopping is None:
-                    stopping = error
-            if on_progress is not None:
-                on_progress(report.position)
-        if stopping is not None:
-            stopping.position = report.position
-            raise stopping
+    @staticmethod
+    def _prelude(job: list[str], start: int, replay_modal: bool) -> list[str]:
+        if start <= 0 or not replay_modal:
+            return []
+        try:
+            return [clean_line(line) for line in modal_prelude(job, start)]
+        except ValueError as exc:
+            raise GrblFault(f"cannot resume at line {start + 1}: {exc}", start) from exc
 
-    def _resync(self, timeout: float) -> None:
-        """Skip answers still owed to a stopped job: ask $I and read up to its answer.
-
-        A critical alarm flushes GRBL's RX buffer, possibly mid-line, and lines sent before the
-        host saw the alarm are still answered error:9: neither may be taken for this job's answers.
-        """
+    def _begin(self, run: _Stream, timeout: float) -> None:
+        if self._owed:
+            self._sync(timeout)
         with self._lock:
             self._answers.clear()
-        self._write(b"\n$I\n")  # the newline ends any fragment a flushed buffer left behind
+            self._reports.clear()
+            run.answers_base, run.sent_base = self._answered_total, self._sent_total
+            run.epoch = self._banners + self._alarms
+            self._heard_at = self._next_poll = time.monotonic()
+            self._idle_since = None
+
+    def _send_all(self, run: _Stream, counting: bool, timeout: float) -> None:
+        while run.sent < len(run.lines) or run.in_flight:
+            if run.sent < len(run.lines):
+                text = run.lines[run.sent][1]
+                size = len(text) + 1
+                if (run.used + size <= self.rx_buffer) if counting else not run.in_flight:
+                    with self._lock:
+                        self._sent_total += 1  # before the write: a report meanwhile sees it owed
+                    self._write(text.encode("ascii") + b"\n")
+                    run.in_flight.append(run.sent)
+                    run.used += size
+                    run.report.bytes += size
+                    run.sent += 1
+                    continue
+            answer = self._pump(run, timeout)
+            if answer is not None:
+                self._take_answer(run, answer)
+
+    def _take_answer(self, run: _Stream, answer: str, late: bool = False) -> None:
+        """Account for the next answer; ``late``: one taken while stopping, callbacks not called."""
+        position = run.in_flight.popleft()
+        index, text = run.lines[position]
+        run.used -= len(text) + 1
+        ok = not answer.startswith("error:")
+        with self._lock:
+            parser_state = self.parser_state
+        run.progress.answer(text, ok, parser_state)
+        run.report.executed = run.progress.executed
+        code = int(answer[6:]) if answer[6:].isdigit() else -1
+        if index is None:
+            if not ok and not late:  # the state a resumed job needs could not be set: never run the job
+                raise GrblError(code, -1, text, run.report.position)
+            return
+        report = run.report
+        report.lines += 1
+        report.position = index + 1
+        if not ok:
+            report.errors += 1
+            report.refused.append(index)
+            error = GrblError(code, index, text, report.position)
+            log.warning("%s: %s", self.port_name, error)
+            if late:
+                return
+            if run.on_error is not None:
+                run.on_error(error)
+            if run.stop_on_error:
+                raise error
+        if run.on_progress is not None and not late:
+            run.on_progress(report.position)
+
+    def _pump(self, run: _Stream, timeout: float) -> str | None:
+        """Fold in what GRBL reported, poll ``?`` when due, wait a little; the next answer, if any.
+
+        Raises GrblAlarm on ALARM:N, GrblGone on a reset (banner), a lost port, or no word from
+        GRBL for ``timeout`` seconds, and GrblFault when GRBL sits Idle with lines unanswered
+        longer than ``timeout`` plus their dwells (bytes lost on the line)."""
+        with self._lock:
+            self._take_reports(run)
+            while self._answers:
+                answer = self._answers.popleft()
+                if answer in ("VER", "GC"):  # markers of $I and $G, not answers to a line
+                    continue
+                if answer.startswith("ALARM:"):
+                    raise GrblAlarm(self.alarm if self.alarm is not None else -1, run.report.position)
+                if answer == "RESET":
+                    raise GrblReset(f"{self.port_name}: GRBL reset during the job (banner seen); position may be lost")
+                self._idle_since = None
+                return answer
+            if self._gone:
+                raise GrblGone(self._gone)
+            now = time.monotonic()
+            if now - self._heard_at > timeout:
+                raise GrblGone(f"{self.port_name}: no status report for {timeout:g} s; GRBL hung or the cable is broken")
+            if self._idle_since is not None and now - self._idle_since > timeout + run.dwell_owed():
+                owed = len(run.in_flight)
+                raise GrblFault(f"{self.port_name}: GRBL idle for {timeout:g} s with {owed} line(s) unanswered; bytes lost?")
+            if now >= self._next_poll:
+                self._next_poll = now + self.poll_interval
+                self._write(STATUS_QUERY)
+            self._lock.wait(max(0.001, self._next_poll - now))
+        return None
+
+    def _take_reports(self, run: _Stream) -> None:
+        """Status reports, in order, once the answers that came before each have been taken."""
+        while self._reports:
+            status, answered, sent, epoch, at = self._reports[0]
+            if answered - run.answers_base > run.progress.answered:
+                return  # an answer before this report is still to be taken
+            self._reports.popleft()
+            if epoch != run.epoch:
+                continue  # after a reset or an alarm: the planner was flushed, not run
+            owed = sent - answered
+            run.progress.status(status, answered - run.answers_base, sent - run.sent_base, at)
+            run.report.executed = run.progress.executed
+            if status.state == "Idle" and owed > 0:
+                self._idle_since = self._idle_since or at
+            else:
+                self._idle_since = None
+
+    # -- after a fault: laser off, planner flushed, nothing left owed ------------------------
+    def _after_fault(self, exc: BaseException, run: _Stream | None, on_fault: Callable[[], None] | None,
+                     timeout: float) -> None:
+        if on_fault is not None:
+            try:
+                on_fault()
+            except Exception:
+                log.exception("%s: on_fault failed; stopping GRBL anyway", self.port_name)
+        if run is None or run.sent == 0:
+            return  # nothing was sent: nothing of this job can be running
+        reset_seen = isinstance(exc, GrblReset)
+        if self._gone or reset_seen:
+            self._owed = bool(run.in_flight) and not reset_seen
+            return  # a dead port cannot be told anything; a reset already stopped the laser
+        try:
+            if not isinstance(exc, GrblAlarm):  # an alarm has stopped everything already
+                self.realtime(FEED_HOLD)
+                self._await_stop(run, timeout)
+            with self._lock:
+                banners = self._banners
+            self.realtime(SOFT_RESET)
+            with self._lock:
+                self._lock.wait_for(lambda: self._banners > banners or self._gone, min(timeout, 5.0))
+                reset = self._banners > banners
+                self._answers.clear()
+            self._owed = not reset
+            log.warning("%s: job stopped: feed hold, then soft reset (laser off, planner flushed)", self.port_name)
+        except GrblFault as fault:
+            self._owed = True
+            log.error("%s: could not stop GRBL after the fault: %s", self.port_name, fault)
+
+    def _await_stop(self, run: _Stream, timeout: float) -> None:
+        """Wait for the feed hold to complete (or the machine to be idle), taking late answers."""
+        began = last_report = time.monotonic()
+        silence = min(timeout, 2.0)
+        with self._lock:
+            seen = self._status_seen
+        while time.monotonic() - began < self.hold_limit and time.monotonic() - last_report < silence:
+            self._write(STATUS_QUERY)
+            with self._lock:
+                if self._status_seen == seen and not self._gone:
+                    self._lock.wait(0.1)
+                if self._gone:
+                    return
+                while self._answers and run.in_flight:  # lines GRBL answered before it held
+                    answer = self._answers.popleft()
+                    if answer.startswith(("ok", "error:")):
+                        self._take_answer(run, answer, late=True)
+                self._take_reports(run)
+                if self._status_seen > seen:
+                    seen, last_report = self._status_seen, time.monotonic()
+                    assert self._status is not None
+                    if self._status.state in SETTLED or self._status.state.startswith("Alarm"):
+                        return
+        log.error("%s: the feed hold did not complete; resetting anyway (ALARM:3 likely)", self.port_name)
+
+    def _sync(self, timeout: float) -> str | None:
+        """End any stale partial line, skip every answer still owed, and ask ``$I`` and ``$G``.
+
+        ``$G`` is answered in every state, so its ``[GC:...]`` marks the end of what is owed;
+        the answer before it is that of ``$I`` (``error:8`` while GRBL is busy), returned."""
+        with self._lock:
+            self._answers.clear()
+        self._write(SYNC_LINE + b"$I\n$G\n")
+        last: str | None = None
         with self._lock:
             while True:
                 if not self._lock.wait_for(lambda: self._answers or self._gone, timeout):
-                    raise GrblGone(f"{self.port_name}: no answer to $I within {timeout} s")
+                    raise GrblGone(f"{self.port_name}: no answer to $I/$G within {timeout} s")
                 if self._gone:
                     raise GrblGone(self._gone)
-                if self._answers.popleft() == "VER":
+                answer = self._answers.popleft()
+                if answer == "GC":
                     break
+                if answer.startswith(("ok", "error:")):
+                    last = answer
             self._lock.wait_for(lambda: self._answers or self._gone, timeout)
             if self._answers:
-                self._answers.popleft()  # the ok of $I
+                self._answers.popleft()  # the ok of $G
         self._owed = False
+        return last
 
-    # -- internals --------------------------------------------------------------
-    def _next_answer(self, timeout: float, position: int) -> str:
-        """The next ok/error:N, in arrival order; an ALARM or a reset on the way raises."""
-        with self._lock:
-            while True:
-                if not self._lock.wait_for(lambda: self._answers or self._gone, timeout):
-                    raise GrblGone(f"{self.port_name}: no answer within {timeout} s", position)
-                if not self._answers:
-                    raise GrblGone(self._gone or "gone", position)
-                answer = self._answers.popleft()
-                if answer != "VER":  # a resync marker, not an answer to a line
-                    break
-        if answer.startswith("ALARM:"):
-            raise GrblAlarm(self.alarm if self.alarm is not None else -1, position)
-        if answer == "RESET":
-            raise GrblGone(f"{self.port_name}: GRBL reset during the job (banner seen); position may be lost", position)
-        return answer
-
+    # -- the reader thread --------------------------------------------------------------
     def _on_line(self, line: str) -> None:
         with self._lock:
+            self._heard_at = time.monotonic()
             if line == "ok" or line.startswith("error:"):
+                self._answered_total += 1
                 self._answers.append(line)
             elif line.startswith("<"):
                 status = parse_status(line)
                 if status is not None:
                     self._status = status
                     self._status_seen += 1
+                    epoch = self._banners + self._alarms
+                    self._reports.append((status, self._answered_total, self._sent_total, epoch, self._heard_at))
             elif line.startswith("ALARM:"):
                 code = line[6:]
                 self.alarm = int(code) if code.isdigit() else -1
+                self._alarms += 1
                 self._answers.append(line)
                 log.error("%s: %s", self.port_name, GrblAlarm(self.alarm, 0))
             elif line.startswith("[VER:"):
                 self.messages.append(line)
                 self._answers.append("VER")
+            elif line.startswith("[GC:"):
+                self.parser_state = line
+                self._answers.append("GC")
+            elif (setting := SETTING.match(line)) is not None:
+                self._settings[int(setting.group(1))] = setting.group(2)
             elif (banner := BANNER.match(line)) is not None:
                 self.version = banner.group(1) + banner.group(2)
                 self._banners += 1

@@ -104,7 +104,9 @@ def test_error_is_reported_with_its_meaning_and_stops_the_job(laser: Grbl, grbl_
         laser.stream(job)
     assert refused.value.code == 20 and refused.value.line_number == 2
     assert "line 3 'G5X1': error:20 unsupported" in str(refused.value)
-    assert refused.value.position == len(job)  # the lines already in GRBL's buffer ran too
+    assert refused.value.refused == [2]
+    assert 3 <= refused.value.position <= len(job)  # lines already in GRBL's buffer may have been taken
+    assert not grbl_sim.planner and grbl_sim.resets == 1  # then held and reset: nothing more runs
 
 
 def test_alarm_stops_the_job_and_only_an_operator_unlocks(laser: Grbl, grbl_sim: SimulatedGrbl, wait_until) -> None:
@@ -131,7 +133,7 @@ def test_status_and_feed_hold_go_around_a_full_buffer(laser: Grbl, grbl_sim: Sim
     streamer.start()
     wait_until(lambda: grbl_sim.most_buffered > 60, what="a full RX buffer")
     laser.feed_hold()
-    wait_until(lambda: laser.status().state == "Hold:1", what="the hold to complete")
+    wait_until(lambda: laser.status().state == "Hold:0", what="the hold to complete")
     held_at = laser.status().machine_position
     assert laser.status().machine_position == held_at  # nothing moves while held
     laser.resume()
@@ -161,6 +163,7 @@ def test_unplugged_laser_keeps_the_last_acknowledged_line(laser: Grbl, grbl_sim:
     position = gone.value.position  # oks still in the cable when it was pulled are lost with it
     assert 0 < position <= len(grbl_sim.executed) < len(job)
     assert grbl_sim.executed[:position] == [clean_line(line) for line in job[:position]]
+    assert gone.value.executed <= grbl_sim.completed  # where a resume starts: never past what ran
 
 
 def test_reset_during_a_job_is_a_fault_not_a_silent_restart(laser: Grbl, grbl_sim: SimulatedGrbl, wait_until) -> None:

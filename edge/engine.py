@@ -429,6 +429,11 @@ class PassThrough:
     read: set[str] = field(default_factory=set)  # jobs whose carrier this station's reader saw
     done: int = 0
 
+    @classmethod
+    def of(cls, info: StationInfo) -> PassThrough:
+        """The generic station of a node: its first scanner, if any, reads carriers."""
+        return cls(info, carrier_scanner=next((n for n, t in info.hardware.items() if t == "scanner"), None))
+
     def handle(self, event: Event, view: View) -> list[Action]:
         actions: list[Action] = []
         kind = self.info.kind

@@ -175,15 +175,19 @@ class Node:
             log.info("no station module for kind %r yet: running the generic station", kind)
             module = None
         try:
-            reader = next((n for n, t in info.hardware.items() if t == "scanner"), None)  # reads carriers
-            machine = (module.machine(self.config.station.options, info) if module
-                       else PassThrough(info, carrier_scanner=reader))
+            machine = module.machine(self.config.station.options, info) if module else PassThrough.of(info)
             self.station = Engine(self, machine)
         except Exception as exc:  # a station that cannot load is a fault, not a crash of the node
             log.exception("station %r failed to load", kind)
             self.station = None
             self.board.faults["station"] = f"station {kind!r} failed to load: {exc}"
             return
+        for device, (settings, why) in getattr(machine, "required_settings", dict)().items():
+            gcode = self.board.gcode.get(device)
+            fault = gcode.require(settings, why) if gcode is not None else None
+            if fault:
+                log.error("[hardware.%s] %s", device, fault)
+                self.board.faults[device] = fault
         self.station.feed(Boot())
 
     def _update_state(self) -> None:

@@ -267,6 +267,11 @@ class Laser:
                              f"{resume + 1}", ok=False)]
         return actions
 
+    def required_settings(self) -> dict[str, tuple[dict[int, str], str]]:
+        """What the engine checks on the controller at start: GRBL's laser mode, without
+        which every rapid move between letters would burn a line."""
+        return {self.grbl: ({32: "1"}, "laser mode: the laser is off during rapid moves")}
+
     def get_status(self) -> dict[str, Any]:
         burn = self.burning
         return {"engraving": {"job": burn.job, "lines": burn.total, "held": burn.held,
@@ -282,7 +287,7 @@ def machine(options: LaserOptions | None, info: StationInfo) -> Laser | PassThro
     hw = dict(info.hardware)
     if options.grbl is None:
         if hw.get("grbl") != "serial":
-            return PassThrough(info)
+            return PassThrough.of(info)
         options = replace(options, grbl="grbl")
     if options.enable is None and hw.get("laser_enable") == "digital_output":
         options = replace(options, enable="laser_enable")

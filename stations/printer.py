@@ -642,7 +642,7 @@ def machine(options: PrinterOptions | None, info: StationInfo, read: Callable[[P
     if options.marlin is None and info.hardware.get("marlin") == "serial":
         options = replace(options, marlin="marlin")
     if options.marlin is None:  # no printer wired: an operator prints by hand, the generic station
-        return PassThrough(info)
+        return PassThrough.of(info)
     if options.library is None:
         raise ValueError("[station] library: not set: the folder of <product>/<colour>.gcode files and "
                          "their manifest.toml")

@@ -43,6 +43,7 @@ class GcodeDevice:
         self.done = 0
         self.held = False
         self.thread: threading.Thread | None = None
+        self.settings: dict[int, str] = {}  # GRBL's $$, read at open
 
     def open(self) -> None:
         """Connect and identify the machine; a failure is this device's fault, never a crash."""
@@ -52,6 +53,7 @@ class GcodeDevice:
 
                 self.driver = Grbl(self.port, self.baudrate)
                 self.version = f"GRBL {self.driver.open()}".strip()
+                self.settings = self.driver.settings()
             else:
                 from firmware_bridge.marlin import Marlin
 
@@ -148,7 +150,19 @@ class GcodeDevice:
             raise RuntimeError(self.fault or f"[hardware.{self.name}] is not connected")
         if self.busy:
             raise RuntimeError(f"[hardware.{self.name}] is busy with job {self.job}")
+        if self.held:
+            raise RuntimeError(f"[hardware.{self.name}] is held: `resume` first")
         self.driver.command(line)
+
+    def require(self, settings: dict[int, str], why: str) -> str | None:
+        """A fault if the machine's settings are not `settings` (e.g. GRBL's laser mode $32=1)."""
+        if self.driver is None or self.protocol != "grbl":
+            return None
+        wrong = {n: self.settings.get(n) for n, v in settings.items() if self.settings.get(n) != v}
+        if wrong:
+            self.fault = (f"{', '.join(f'${n}={v}' for n, v in wrong.items())} on {self.port}: "
+                          f"set {', '.join(f'${n}={settings[n]}' for n in wrong)} ({why})")
+        return self.fault
 
     def status(self) -> dict[str, Any]:
         return {"type": "serial", "protocol": self.protocol, "port": self.port, "open": self.driver is not None,

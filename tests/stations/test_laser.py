@@ -248,3 +248,28 @@ def test_an_unplugged_grbl_fails_the_step_with_its_resume_point_and_the_relays_o
             assert node.state != "starting"
     finally:
         grbl.close()
+
+
+def test_a_grbl_not_in_laser_mode_is_a_fault_naming_the_setting_and_nothing_burns(tmp_path, monkeypatch):
+    from trailer import Ticks, example_station, running
+
+    from edge.config import load_station
+    from edge.node import Node
+    from firmware_bridge.sim.grbl import SimulatedGrbl
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    grbl = SimulatedGrbl(settings={32: "0"}).start()  # a CNC's setting: rapids would burn lines
+    try:
+        config = load_station(example_station("laser", tmp_path, bench=True, ports={"grbl": grbl.port}))
+        node = Node(config, LINE, tick=0.05)
+        node.on("test_arrive", lambda _e: node.record_many([
+            ("J1", "created", {"product": "stand", "route": ROUTE, "order": {
+                "order_id": "J1", "product": "stand", "options": {"colour": "red", "text": "Anna"}}}),
+            ("J1", "step_arrived", {"step": "laser"})]))
+        with running(node):
+            assert node.state == "fault" and "$32=0" in node.reason and "set $32=1" in node.reason
+            node.post("test_arrive")
+            Ticks(node).wait(5)
+            assert step(node).status == "pending" and grbl.executed == []
+    finally:
+        grbl.close()

@@ -387,13 +387,22 @@ def _number(value: float) -> str:
 def modal_prelude(lines: Sequence[str], n: int) -> list[str]:
     """The lines that put a freshly reset GRBL into the modal state in force after ``lines[:n]``.
 
-    Units, distance mode, plane, coordinate system, feed-rate mode and feed, motion mode (G0/
-    G1/G80), coolant, and spindle/laser mode with its power, in that order; nothing moves.
+    Units, distance mode, plane, coordinate system, feed-rate mode; then, in absolute mode with
+    the position known, a rapid back to where line ``n`` starts, laser still off (a reset or
+    re-homed board is elsewhere: the first resumed cut would burn a line from there); then the
+    feed, motion mode (G0/G1/G80), coolant, and spindle/laser mode with its power, last.
     Raises ValueError when the state cannot be restored (a G92 offset in force)."""
     state = ModalState()
     for line in lines[:n]:
         state.apply(clean_line(line))
-    return state.prelude() if n > 0 else []
+    if n <= 0:
+        return []
+    prelude = state.prelude()
+    scale = 25.4 if state.units == "G20" else 1.0
+    known = [f"{axis}{_number(v / scale)}" for axis, v in zip("XYZ", state.position, strict=True) if v is not None]
+    if known and state.distance == "G90":
+        prelude.insert(1, "G0 " + " ".join(known))  # M5 still: a fresh board's laser is off
+    return prelude
 
 
 # -- what has run (pure) -------------------------------------------------------------------

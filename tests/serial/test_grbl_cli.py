@@ -26,9 +26,10 @@ def test_resume_from_restores_feed_and_laser_on_a_fresh_board(tmp_path: Path) ->
     job = laser_file(tmp_path, 40)
     with SimulatedGrbl(time_scale=0.05) as laser:
         result = cli("stream", "--port", laser.port, "--flavor", "grbl", str(job), "--resume-from", "20")
-        first = laser.motions[0]
+        back, first = laser.motions[0], laser.motions[1]
     assert result.returncode == 0, result.stderr
-    assert "resuming at line 21 after: G21 G90 G17 G54 G94 | G1 F3000 | M4 S300" in result.stderr
+    assert (back.line, back.spindle) == ("G0X15Y0", 5)  # to where line 21 starts, laser off
+    assert "resuming at line 21 after: G21 G90 G17 G54 G94 | G0 X15 Y0 | G1 F3000 | M4 S300" in result.stderr
     assert (first.line, first.feed, first.spindle, first.power) == ("G1X16Y0", 3000.0, 4, 300.0)
     assert "position=45 executed=45" in result.stdout
 

@@ -58,10 +58,19 @@ def test_the_prelude_restores_units_distance_coordinates_feed_and_laser_power() 
     assert modal_prelude(job, 7) == ["G20 G91 G17 G55 G94", "G1 F40", "M8", "M4 S500"]
 
 
-def test_the_prelude_never_moves_the_machine() -> None:
-    job = ["G21 G90", "M3 S1000", "G0 X10 Y10", "G1 X20 F300", "G2 X30 Y20 I5 J0", "G1 Y40"]
+def test_the_prelude_moves_only_laser_off_rapidly_back_to_where_the_job_stopped() -> None:
+    job = ["G21 G90", "M3 S1000", "G0 X10 Y10", "G1 X20 F300", "G1 Y40", "G1 X5 Y5"]
+    ends = {3: "G0 X10 Y10", 4: "G0 X20 Y10", 5: "G0 X20 Y40", 6: "G0 X5 Y5"}
     for n in range(len(job) + 1):
-        assert not any(axis in line for line in modal_prelude(job, n) for axis in "XYZ")
+        prelude = modal_prelude(job, n)
+        moves = [line for line in prelude if any(axis in line for axis in "XYZ")]
+        assert moves == ([ends[n]] if n in ends else [])  # one rapid, to where line n starts
+        if moves:  # before the laser is on again
+            assert prelude.index(moves[0]) < next(i for i, line in enumerate(prelude) if line.startswith("M3"))
+
+
+def test_in_relative_mode_the_prelude_does_not_move() -> None:
+    assert not any("X" in line for line in modal_prelude(["G21 G91", "G0 X10", "M4 S100", "G1 X5 F300"], 4))
 
 
 def test_a_feed_set_in_inches_is_restored_in_the_units_in_force() -> None:
@@ -76,7 +85,7 @@ def test_a_reset_board_needs_no_prelude_for_line_one() -> None:
 def test_a_g92_offset_cannot_be_replayed_and_says_so() -> None:
     with pytest.raises(ValueError, match="G92"):
         modal_prelude(["G21", "G92 X0 Y0", "G1 X5 F100"], 3)
-    assert modal_prelude(["G92 X0", "G92.1", "G1 X5 F100"], 3)[1] == "G1 F100"
+    assert modal_prelude(["G92 X0", "G92.1", "G1 X5 F100"], 3)[1:3] == ["G0 X5", "G1 F100"]
 
 
 def test_program_end_puts_the_state_back_as_grbl_does() -> None:
@@ -99,9 +108,10 @@ def test_resuming_on_a_fresh_board_restores_feed_and_laser_power(laser: Grbl, bo
     job = engraving(40)
     report = laser.stream(job, start=20)
     assert report.position == report.executed == len(job)
-    first = board.motions[0]
+    back, first = board.motions[0], board.motions[1]  # a rapid, laser off, to where line 21 starts
+    assert back.line.startswith("G0") and back.spindle == 5
     assert first.line == clean_line(job[20]) and (first.feed, first.spindle, first.power) == (6000.0, 4, 800.0)
-    assert board.executed[:3] == ["G21G90G17G54G94", "G1F6000", "M4S800"]  # the prelude, then line 21
+    assert board.executed[0] == "G21G90G17G54G94" and board.executed[2:4] == ["G1F6000", "M4S800"]
 
 
 def test_resuming_without_the_replay_sends_only_the_job(laser: Grbl, board: SimulatedGrbl) -> None:
@@ -176,7 +186,8 @@ def test_an_unplugged_laser_resumes_from_the_last_line_that_ran(
         report = again.stream(job, start=executed)
     assert report.executed == len(job)
     resumed = [block.line for block in fresh.motions]
-    assert resumed == [clean_line(line) for line in job[executed:-1]]  # every line from there, in order
+    assert resumed[0].startswith("G0") and fresh.motions[0].spindle == 5  # back to the stop point, dark
+    assert resumed[1:] == [clean_line(line) for line in job[executed:-1]]  # every line from there, in order
 
 
 def test_without_bf_the_resume_point_is_the_last_sync(wait_until: Callable[..., None]) -> None:

@@ -38,7 +38,10 @@ FLASH_S = 2.0
 
 @dataclass(frozen=True)
 class Boot:
-    """The station starts (also after a power cut): steps it was running may need a rule."""
+    """The station starts (also after a power cut): steps it was running may need a rule.
+    `readings`: what each G-code machine reported at start (a printer's `bed`: (actual, target))."""
+
+    readings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class StreamProgress:
     job: str
     done: int
     total: int
+    readings: Mapping[str, Any] = field(default_factory=dict)  # a printer's temperatures, when known
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,8 @@ class Engine:
         node.on("input", lambda e: self.feed(InputChanged(e.data["device"], bool(e.data["value"]))))
         node.on("safety", lambda e: self.feed(SafetyChanged(bool(e.data["tripped"]))))
         node.on("ledger_changed", lambda e: self.feed(LedgerChanged(frozenset(e.data["jobs"]))))
-        node.on("stream_progress", lambda e: self.feed(StreamProgress(**e.data)))
+        node.on("stream_progress", lambda e: self.feed(StreamProgress(
+            e.data["device"], e.data["job"], e.data["done"], e.data["total"], e.data.get("readings") or {})))
         node.on("stream_end", lambda e: self.feed(StreamEnded(
             e.data["device"], e.data["job"], bool(e.data["ok"]), e.data.get("reason", ""),
             int(e.data.get("executed") or 0), tuple(e.data.get("refused") or ()))))

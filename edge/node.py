@@ -188,7 +188,7 @@ class Node:
             if fault:
                 log.error("[hardware.%s] %s", device, fault)
                 self.board.faults[device] = fault
-        self.station.feed(Boot())
+        self.station.feed(Boot({name: device.reading() for name, device in self.board.gcode.items()}))
 
     def _update_state(self) -> None:
         tripped = self.board.tripped()

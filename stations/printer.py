@@ -24,8 +24,8 @@ with "filament runout", never done.
 After a power cut (`Boot` with this node's print running) the step fails by default ("the print
 cannot resume", resume_at = the start of the last layer recorded): the operator decides. With
 `resume_after_power_cut` it goes on from there by itself if the layer is known, the bed does not
-read clear and the bed held its temperature; the engine gives no temperature yet, so today that
-is "bed temperature unknown after power cut", a failed step too.
+read clear and the bed held its temperature (the printer's M105 at boot, `Boot.readings`; no
+answer: "bed temperature unknown after power cut", a failed step too).
 
 The library is read at the edge: `machine()` reads and checks every file once (problems go to
 the status and are told at boot); each job start reads its file and the manifest again through
@@ -353,7 +353,7 @@ BedReading = Callable[[], "tuple[float, float | None] | None"]
 
 
 def no_bed_reading() -> tuple[float, float | None] | None:
-    return None  # the engine gives the machine no temperature yet
+    return None  # the printer's own report at boot (`Boot.readings`) is used then
 
 
 @dataclass
@@ -365,6 +365,7 @@ class Printer:
     problems: list[str] = field(default_factory=list)  # the library's, at load
     printing: Print | None = None
     recovered: bool = False  # the power-cut rule ran
+    boot_bed: tuple[float, float | None] | None = None  # the bed as the printer reported it at boot
     waiting: tuple[str, str] | None = None  # (job, why) told once
     last: dict[str, Any] | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"printed": 0, "failed": 0, "refused_files": 0,
@@ -376,6 +377,8 @@ class Printer:
         return self.options.marlin
 
     def handle(self, event: Event, view: View) -> list[Action]:
+        if isinstance(event, Boot) and "bed" in event.readings.get(self.marlin, {}):
+            self.boot_bed = tuple(event.readings[self.marlin]["bed"])  # the printer's M105 at start
         if not self.recovered and isinstance(event, (Boot, Resumed, Tick, LedgerChanged)):
             if view.stopped:
                 return []  # after the `reset`: nothing is recorded while the station is stopped
@@ -493,8 +496,11 @@ class Printer:
         if crossed:
             p.last_percent = percent - percent % every
         if crossed or new_layer:  # a layer change too: after a stop, the layer is known
-            actions.append(Record(p.job, "step_progress", {"step": STEP, "percent": percent, "line": line,
-                                                            "layer": layer}))
+            data: dict[str, Any] = {"step": STEP, "percent": percent, "line": line, "layer": layer}
+            for heater in ("bed", "hotend"):  # (actual, target) °C, as Marlin last reported them
+                if heater in event.readings:
+                    data[heater] = [round(float(v), 1) if v is not None else None for v in event.readings[heater]]
+            actions.append(Record(p.job, "step_progress", data))
         return actions
 
     def _not_held(self, p: Print) -> Tell:
@@ -613,7 +619,7 @@ class Printer:
             return self._fail(job, "interrupted by a power cut before its first layer: layer unknown", 0)
         if self._bed_clear(view):
             return self._fail(job, "interrupted by a power cut, and the bed is clear: nothing to resume on", 0)
-        bed = self.bed()
+        bed = self.bed() or self.boot_bed
         if bed is None:
             return self._fail(job, "bed temperature unknown after power cut", at)
         target = w.bed

@@ -96,7 +96,8 @@ class GcodeDevice:
             now = time.monotonic()
             if now - last >= PROGRESS_S or done == len(lines):
                 last = now
-                self.post("stream_progress", {"device": self.name, "job": job, "done": done, "total": len(lines)})
+                self.post("stream_progress", {"device": self.name, "job": job, "done": done, "total": len(lines),
+                                              "readings": self._temperatures(getattr(self.driver, "temperatures", None))})
 
         end: dict[str, Any] = {"device": self.name, "job": job, "ok": True, "reason": "", "refused": []}
         try:
@@ -125,6 +126,22 @@ class GcodeDevice:
                        refused=list(getattr(exc, "refused", []) or []))
             log.warning("[hardware.%s] job %s stopped: %s", self.name, job, end["reason"])
         self.post("stream_end", end)
+
+    def reading(self) -> dict[str, Any]:
+        """What the machine says of itself now (a Marlin: its temperatures, M105); {} if nothing."""
+        if self.driver is None or self.protocol != "marlin" or self.busy:
+            return {}
+        try:
+            return self._temperatures(self.driver.report_temperatures())
+        except Exception as exc:  # no answer: the station's rule decides without it
+            log.warning("[hardware.%s] no temperature report: %s", self.name, exc)
+            return {}
+
+    @staticmethod
+    def _temperatures(temps: Any) -> dict[str, Any]:
+        if temps is None:
+            return {}
+        return {name: value for name, value in (("bed", temps.bed), ("hotend", temps.hotend)) if value is not None}
 
     # -- the operator's and the safety path's
     def emergency(self) -> None:

@@ -560,10 +560,10 @@ def test_a_stand_is_printed_on_a_real_printer_node_once_its_bed_is_clear(tmp_pat
         at_the_printer(node)
         wait_for(lambda: node.get_status()["station"]["waiting"] is not None)
         assert node.get_status()["station"]["waiting"]["why"] == "the bed is not clear: take the last print off"
-        assert step_of(node).status == "pending" and marlin.executed == ["M115"]
+        assert step_of(node).status == "pending" and marlin.executed == ["M115", "M105"]
         node.board.factory.pin(config.hardware["bed_clear"].pin).drive_low()  # the bed is clear now
         wait_for(lambda: step_of(node).status == "done")
-        assert marlin.executed == ["M115", *file_codes("red")]  # every line once, in order
+        assert marlin.executed == ["M115", "M105", *file_codes("red")]  # every line once, in order
         kinds = [(e.type, e.data.get("file")) for e in events_of(node) if e.data.get("step") == "printer"]
         assert kinds[0] == ("step_arrived", None) and kinds[1] == ("step_started", "stand/red.gcode")
         assert kinds[-1] == ("step_done", "stand/red.gcode")
@@ -584,7 +584,7 @@ def test_a_printer_that_keeps_asking_for_a_line_fails_the_step_with_the_reason(t
         step = step_of(node)
         assert step.reason.startswith("print stopped: ") and "line N40 asked for again 8 times" in step.reason
         assert step.resume_at == 22  # the first layer (line 23 of the file), printed again by a `retry`
-        assert marlin.executed == ["M115", *file_codes("red")[:39]]  # nothing after the refused line
+        assert marlin.executed == ["M115", "M105", *file_codes("red")[:39]]  # nothing after the refused line
         status = node.get_status()
         assert status["station"]["printing"] is None and status["state"] == "idle"
         assert status["devices"]["marlin"]["job"] is None  # the stream thread is over
@@ -607,7 +607,7 @@ def test_a_damaged_file_on_a_real_node_prints_nothing(tmp_path, monkeypatch, sim
         at_the_printer(node, colour="blue")
         wait_for(lambda: step_of(node).status == "failed")
         assert step_of(node).reason.startswith("cannot print: stand/blue.gcode is not the file the manifest lists")
-        assert marlin.executed == ["M115"]
+        assert marlin.executed == ["M115", "M105"]
 
 
 def test_a_runout_on_a_real_node_holds_the_print_until_filament_is_loaded_and_resumed(tmp_path, monkeypatch, sim):
@@ -635,7 +635,7 @@ def test_a_runout_on_a_real_node_holds_the_print_until_filament_is_loaded_and_re
         wait_for(lambda: replies)
         assert replies[0].ok, replies[0].error
         wait_for(lambda: step_of(node).status == "done", 60)
-        assert marlin.executed == ["M115", *file_codes("red")]  # every line once, in order: held, not lost
+        assert marlin.executed == ["M115", "M105", *file_codes("red")]  # every line once, in order: held, not lost
 
 
 def test_a_power_cut_mid_print_fails_the_step_on_a_real_node_at_its_last_layer(tmp_path, monkeypatch, sim):
@@ -655,4 +655,29 @@ def test_a_power_cut_mid_print_fails_the_step_on_a_real_node_at_its_last_layer(t
         wait_for(lambda: step_of(after).status == "failed")
         step = step_of(after)
         assert (step.reason, step.resume_at) == ("interrupted by a power cut: the print cannot resume", 87)
-        assert marlin.executed == ["M115", "M115"]  # identified twice, printed nothing
+        assert set(marlin.executed) == {"M115", "M105"}  # identified (and asked its heat) twice, printed nothing
+
+
+def test_a_power_cut_mid_print_resumes_by_the_rule_when_the_bed_held_its_temperature(tmp_path, monkeypatch, sim):
+    from edge.node import Node
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    marlin = sim()
+    station = printer_station(tmp_path, marlin.port)
+    station.write_text(station.read_text().replace("resume_after_power_cut = false", "resume_after_power_cut = true"))
+    config = load_station(station)
+    marlin.bed.actual = marlin.bed.target = 60.0  # the bed kept its heat through the cut (its own supply)
+    before = Node(config, LINE, tick=0.05)
+    with running(before):  # the print ran to line 100 (layer 3 began at line 88), then the power went
+        before.board.factory.pin(config.hardware["bed_clear"].pin).drive_high()  # the part is on the bed
+        at_the_printer(before)
+        on_loop(before, lambda: before.record_many([
+            ("VISIT1", "step_started", {"step": "printer", "auto": True, "file": "stand/red.gcode"}),
+            ("VISIT1", "step_progress", {"step": "printer", "percent": 51, "line": 100, "layer": 3})]))
+    after = Node(config, LINE, tick=0.05)
+    with running(after):
+        after.board.factory.pin(config.hardware["bed_clear"].pin).drive_high()
+        wait_for(lambda: step_of(after).status == "done", 60)
+        resumed = [e for e in events_of(after) if e.type == "step_progress" and e.data.get("resumed")]
+        assert [e.data["line"] for e in resumed] == [87]  # from the start of layer 3, by the rule
+        assert step_of(after).attempts == 1  # never started again

@@ -391,6 +391,8 @@ class Engine:
             raise ValueError(f"safety circuit still open: {', '.join(self.node.board.tripped())}")
         cleared = [what for what, on in (("emergency stop", self.latched), ("fault", bool(self.fault))) if on]
         self.latched, self.fault = False, None
+        for machine in self.node.board.gcode.values():
+            machine.release()
         self.node._update_state()
         self.feed(Resumed())
         self.light()

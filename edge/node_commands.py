@@ -186,12 +186,12 @@ class NodeCommands:
         try:
             machine.command(line)
         except Exception as exc:  # refused, alarm, busy, unplugged: the operator reads why
-            raise CommandError(f"{what}: {exc}") from None
+            raise CommandError(str(exc)) from None
         self.node.record_operator(what, {"line": line}, f"{what} ({line}) on {machine.name}")
         return {"device": machine.name, "sent": line}
 
     def _cmd_hold(self, _args: dict[str, Any]) -> dict[str, Any]:
-        machine = self._machine(safe=False)
+        machine = self._machine()  # with a safety circuit open the machine is held already
         self._engine().hold(machine.name)
         self.node.record_operator("hold", {"device": machine.name}, f"hold on {machine.name}")
         return {"device": machine.name, "held": True}

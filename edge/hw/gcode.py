@@ -150,12 +150,21 @@ class GcodeDevice:
         if self.driver is not None:
             try:
                 self.driver.feed_hold()
-                self.held = True
+                self.held = self.busy  # an idle machine has nothing to hold: nothing to resume
             except Exception as exc:  # the relays are off anyway; say why the hold failed
                 log.error("[hardware.%s] feed hold failed: %s", self.name, exc)
 
     def hold(self) -> None:
         self.emergency()
+
+    def release(self) -> None:
+        """After a stop was reset: an idle machine the stop put in feed hold goes back to idle
+        (GRBL holds even when idle); a job's hold is its station's to resume."""
+        if self.driver is not None and not self.busy:
+            try:
+                self.resume()
+            except Exception as exc:  # gone: its fault says so
+                log.warning("[hardware.%s] could not leave the hold: %s", self.name, exc)
 
     def resume(self) -> None:
         if self.driver is not None:
@@ -167,7 +176,7 @@ class GcodeDevice:
             raise RuntimeError(self.fault or f"[hardware.{self.name}] is not connected")
         if self.busy:
             raise RuntimeError(f"[hardware.{self.name}] is busy with job {self.job}")
-        if self.held:
+        if self.held or (self.protocol == "grbl" and self.driver.status().state.startswith("Hold")):
             raise RuntimeError(f"[hardware.{self.name}] is held: `resume` first")
         self.driver.command(line)
 

@@ -273,3 +273,60 @@ def test_a_grbl_not_in_laser_mode_is_a_fault_naming_the_setting_and_nothing_burn
             assert step(node).status == "pending" and grbl.executed == []
     finally:
         grbl.close()
+
+
+def test_an_alarm_mid_engraving_fails_the_step_and_unlock_then_retry_goes_on_from_where_it_stopped(
+        tmp_path, monkeypatch):
+    from trailer import running, wait_for
+
+    node, grbl, _config, replies = laser_node(tmp_path, monkeypatch, time_scale=0.5)
+    try:
+        with running(node):
+            enable = node.board.outputs["laser_enable"]
+            node.post("test_arrive", {"text": "Cœur"})
+            wait_for(lambda: len(grbl.executed) > 8, 30)
+            grbl.trigger_alarm(1)  # a hard limit switch
+            wait_for(lambda: step(node).status == "failed", 60)
+            assert not enable.value and not grbl.laser_on
+            failed = step(node)
+            assert "ALARM" in failed.reason or "alarm" in failed.reason
+            resume_at = failed.resume_at
+            assert resume_at > 0
+            for line in ("unlock", "retry J1"):
+                node.post("test_command", {"line": line})
+            wait_for(lambda: len(replies) == 2, 30)
+            assert all(r.ok for r in replies), [r.error for r in replies]
+            wait_for(lambda: step(node).status == "done", 60)
+        events = [e for e in node.store.job_events("J1") if e.type == "step_started"]
+        assert [e.data.get("resume_from", 0) for e in events] == [0, resume_at]  # never from the start again
+    finally:
+        grbl.close()
+
+
+def test_the_operators_machine_commands_are_refused_while_a_safety_circuit_is_open_and_gcode_needs_manual(
+        tmp_path, monkeypatch):
+    from trailer import running, wait_for
+
+    node, grbl, config, replies = laser_node(tmp_path, monkeypatch)
+    try:
+        with running(node):
+            node.post("test_command", {"line": "gcode G0 X5"})
+            wait_for(lambda: len(replies) == 1)
+            assert not replies[0].ok and "manual mode" in replies[0].error
+            estop = node.board.factory.pin(config.hardware["estop"].pin)
+            estop.drive_high()
+            wait_for(lambda: node.state == "estop")
+            for line in ("hold", "resume", "home", "unlock"):
+                node.post("test_command", {"line": line})
+            wait_for(lambda: len(replies) == 5)
+            assert [r.ok for r in replies[1:]] == [False] * 4
+            assert all("safety circuit open: estop" in r.error for r in replies[1:])
+            estop.drive_low()
+            wait_for(lambda: "released" in (node.reason or ""))
+            for line in ("mode manual", "reset", "gcode G0 X5 Y5"):
+                node.post("test_command", {"line": line})
+            wait_for(lambda: len(replies) == 8)
+            assert all(r.ok for r in replies[5:]), [r.error for r in replies[5:]]
+            wait_for(lambda: grbl.machine_position[:2] == (5.0, 5.0), 10)
+    finally:
+        grbl.close()

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from grbl_kit import engraving
 
 from firmware_bridge.grbl import (
     SEGMENT_BLOCKS,
@@ -23,13 +24,6 @@ from firmware_bridge.sim.grbl import SimulatedGrbl
 
 WITH_BF = {10: "3"}  # status reports with Bf: (planner blocks free, RX bytes free)
 
-
-def engraving(segments: int) -> list[str]:
-    """A raster of short segments, like a laser engraving (2.5 ms each at F6000)."""
-    lines = ["G21", "G90", "F6000", "M4 S300"]
-    for i in range(segments):
-        lines.append(f"G1 X{10 + (i % 40) * 0.25:.3f} Y{10 + (i // 40) * 0.1:.2f}" + (" S800" if i % 7 == 0 else ""))
-    return [*lines, "M5"]
 
 
 @pytest.fixture

@@ -63,9 +63,7 @@ def main() -> int:
     line = load_line(ROOT / "examples" / "line" / "line.toml")
     spec = line.products["stand"].engraving
     material = line.materials[spec.material]
-    area = EngravingArea(spec.width_mm, spec.height_mm, spec.margin_mm, spec.min_height_mm, spec.max_height_mm,
-                         spec.max_lines)
-    laser = LaserMaterial(material.power, material.feed, material.passes)
+    area, laser = EngravingArea.of(spec), LaserMaterial.of(material)
     times = []
     for _ in range(args.repeat):
         begun = time.perf_counter()

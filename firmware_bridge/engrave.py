@@ -41,6 +41,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 FONTS = ("futural", "rowmans")
 CAP_UNITS = 21.0  # cap line (-12) to baseline (9) in font units
@@ -74,6 +75,12 @@ class EngravingArea:
         if self.max_lines not in (1, 2):
             raise ValueError(f"max_lines must be 1 or 2, not {self.max_lines}")
 
+    @classmethod
+    def of(cls, spec: Any) -> EngravingArea:
+        """The area a line file's `[products.<id>.engraving]` describes (edge.config.EngravingSpec)."""
+        return cls(spec.width_mm, spec.height_mm, spec.margin_mm, spec.min_height_mm, spec.max_height_mm,
+                   spec.max_lines)
+
 
 @dataclass(frozen=True)
 class LaserMaterial:
@@ -87,6 +94,11 @@ class LaserMaterial:
         if self.power < 1 or self.feed < 1 or self.passes < 1:
             raise ValueError(f"laser power, feed and passes must be positive, not "
                              f"S{self.power} F{self.feed} x{self.passes}")
+
+    @classmethod
+    def of(cls, spec: Any) -> LaserMaterial:
+        """The material a line file's `[materials.<id>]` describes (edge.config.MaterialSpec)."""
+        return cls(spec.power, spec.feed, spec.passes)
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,12 @@ from edge.engine import (
     check_hardware,
 )
 from edge.ledger import JobState
+from firmware_bridge.engrave import FONTS, EngravingArea, LaserMaterial, engrave, preview_png
+from firmware_bridge.gcode import PLANNER_BLOCKS
 
 STEP = "laser"
-FONTS = ("futural", "rowmans")  # firmware_bridge.engrave.FONTS (not imported: config stays light)
-PLANNER_LINES = 16  # GRBL's planner and buffer: lines answered but perhaps not yet burned
+
+PLANNER_LINES = PLANNER_BLOCKS + 1  # lines GRBL answered that may not have burned yet
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,6 @@ class Laser:
         return []
 
     def _start(self, job: str, state: JobState, resume_at: int, view: View) -> list[Action]:
-        from firmware_bridge.engrave import EngravingArea, LaserMaterial, engrave, preview_png
-
         try:
             area, material, text = self._what(state, view)
             engraving = engrave(text, area, material, self.options.font)
@@ -166,7 +166,6 @@ class Laser:
             reason = f"cannot engrave: {exc}"
             return [Record(job, "step_failed", {"step": STEP, "reason": reason}), Flash("red"),
                     Tell(f"job {job}: {reason}", ok=False)]
-        assert isinstance(area, EngravingArea) and isinstance(material, LaserMaterial)  # noqa: S101
         gcode = tuple(engraving.gcode)
         start = min(resume_at, len(gcode))
         preview = f"jobs/{job}/laser-preview.png"
@@ -182,10 +181,8 @@ class Laser:
                 Stream(self.grbl, job, gcode, start, safe=self.relays, check=self.options.check),
                 Tell(f"job {job}: engraving {text!r}" + (f" from line {start + 1}" if start else ""))]
 
-    def _what(self, state: JobState, view: View) -> tuple[Any, Any, str]:
+    def _what(self, state: JobState, view: View) -> tuple[EngravingArea, LaserMaterial, str]:
         """The engraving area, the material and the text of a job, from the line file."""
-        from firmware_bridge.engrave import EngravingArea, LaserMaterial
-
         line = view.line
         product = line.products.get(state.product) if line is not None else None
         spec = getattr(product, "engraving", None)
@@ -198,9 +195,7 @@ class Laser:
         text = options.get(spec.text_option, "")
         if not isinstance(text, str):
             raise ValueError(f"option {spec.text_option!r} is not a text")
-        area = EngravingArea(spec.width_mm, spec.height_mm, spec.margin_mm, spec.min_height_mm,
-                             spec.max_height_mm, spec.max_lines)
-        return area, LaserMaterial(material.power, material.feed, material.passes), text
+        return EngravingArea.of(spec), LaserMaterial.of(material), text
 
     def _relays(self, on: bool) -> list[Action]:
         return [Drive(device, on) for device in self.relays]

@@ -109,13 +109,9 @@ class GcodeDevice:
                                              "reason": f"check mode refused {len(errors)} line(s), first: {errors[0]}"})
                     return
             kwargs: dict[str, Any] = {"start": start, "on_progress": progress}
-            if self.protocol == "grbl" and on_fault is not None:
+            if self.protocol == "grbl":  # GRBL cuts the relays first on a fault; Marlin: the except below
                 kwargs["on_fault"] = on_fault
-            try:
-                report = self.driver.stream(lines, **kwargs)
-            except TypeError:  # a driver without on_fault: the node's relays are its safety
-                kwargs.pop("on_fault", None)
-                report = self.driver.stream(lines, **kwargs)
+            report = self.driver.stream(lines, **kwargs)
             end["executed"] = getattr(report, "executed", None) or getattr(report, "position", len(lines))
         except Exception as exc:
             if on_fault is not None:

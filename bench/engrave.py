@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import machine, pct  # noqa: E402
 from edge.config import load_line  # noqa: E402
 from firmware_bridge.engrave import EngravingArea, LaserMaterial, engrave  # noqa: E402
 from firmware_bridge.grbl import Grbl  # noqa: E402
@@ -34,10 +34,6 @@ from firmware_bridge.sim.grbl import SimulatedGrbl  # noqa: E402
 NAME = "François Lefèvre-Zoë"  # 20 characters, accents to compose
 LATENCY_S = 0.002
 
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
 
 
 def stream_seconds(lines: tuple[str, ...], counting: bool, time_scale: float) -> float:
@@ -73,7 +69,7 @@ def main() -> int:
     waiting = stream_seconds(job.gcode, False, args.time_scale)
     out = {
         "bench": "engrave",
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "text": NAME,
         "characters": len(NAME),
         "gcode_lines": len(job.gcode),

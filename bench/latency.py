@@ -29,14 +29,10 @@ os.environ["GPIOZERO_PIN_FACTORY"] = "mock"
 
 from trailer import EXAMPLES, example_station  # noqa: E402
 
+from bench.report import machine, pct  # noqa: E402
 from edge.config import load_line, load_station  # noqa: E402
 from edge.node import Node  # noqa: E402
 from edge.sim.line import example_order  # noqa: E402
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
 
 
 def main() -> int:
@@ -98,7 +94,7 @@ def main() -> int:
             loop.join(10)
             node.shutdown()
     result = {
-        "bench": "latency", "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "bench": "latency", "machine": machine(),
         "scans": args.scans,
         "scan_to_durable": {"p50_ms": pct(durable, 50), "p99_ms": pct(durable, 99),
                             "mean_ms": round(statistics.mean(durable), 3)},

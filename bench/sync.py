@@ -37,6 +37,7 @@ sys.path[:0] = [str(ROOT)]
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from bench.report import machine, pct  # noqa: E402
 from edge.clock import Timestamp  # noqa: E402
 from edge.ledger import Event, EventVerifier  # noqa: E402
 from edge.sim.line import SimBroker, SimNode, password_of, sim_signer  # noqa: E402
@@ -49,10 +50,6 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
 
 
 def progress(text: str) -> None:
@@ -248,7 +245,7 @@ def main() -> int:
     args = ap.parse_args()
     samples = 200 if args.quick else 1000
     total = 2000 if args.quick else 10_000
-    result: dict = {"bench": "sync", "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+    result: dict = {"bench": "sync", "machine": machine(),
                     "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True,
                                                 text=True).stdout.split("\n")[0]}
     targets: dict = {}

@@ -638,18 +638,26 @@ def test_a_runout_on_a_real_node_holds_the_print_until_filament_is_loaded_and_re
         assert marlin.executed == ["M115", "M105", *file_codes("red")]  # every line once, in order: held, not lost
 
 
+def cut_mid_print(config) -> None:
+    """A node printing VISIT1 to line 100 (layer 3 began at line 88) when the power went."""
+    from edge.node import Node
+
+    before = Node(config, LINE, tick=0.05)
+    with running(before):
+        before.board.factory.pin(config.hardware["bed_clear"].pin).drive_high()  # the part is on the bed
+        at_the_printer(before)
+        on_loop(before, lambda: before.record_many([
+            ("VISIT1", "step_started", {"step": "printer", "auto": True, "file": "stand/red.gcode"}),
+            ("VISIT1", "step_progress", {"step": "printer", "percent": 51, "line": 100, "layer": 3})]))
+
+
 def test_a_power_cut_mid_print_fails_the_step_on_a_real_node_at_its_last_layer(tmp_path, monkeypatch, sim):
     from edge.node import Node
 
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
     marlin = sim()
     config = load_station(printer_station(tmp_path, marlin.port))
-    before = Node(config, LINE, tick=0.05)
-    with running(before):  # the print ran to line 100 (layer 3 began at line 88), then the power went
-        at_the_printer(before)
-        on_loop(before, lambda: before.record_many([
-            ("VISIT1", "step_started", {"step": "printer", "auto": True, "file": "stand/red.gcode"}),
-            ("VISIT1", "step_progress", {"step": "printer", "percent": 51, "line": 100, "layer": 3})]))
+    cut_mid_print(config)
     after = Node(config, LINE, tick=0.05)
     with running(after):
         wait_for(lambda: step_of(after).status == "failed")
@@ -667,13 +675,7 @@ def test_a_power_cut_mid_print_resumes_by_the_rule_when_the_bed_held_its_tempera
     station.write_text(station.read_text().replace("resume_after_power_cut = false", "resume_after_power_cut = true"))
     config = load_station(station)
     marlin.bed.actual = marlin.bed.target = 60.0  # the bed kept its heat through the cut (its own supply)
-    before = Node(config, LINE, tick=0.05)
-    with running(before):  # the print ran to line 100 (layer 3 began at line 88), then the power went
-        before.board.factory.pin(config.hardware["bed_clear"].pin).drive_high()  # the part is on the bed
-        at_the_printer(before)
-        on_loop(before, lambda: before.record_many([
-            ("VISIT1", "step_started", {"step": "printer", "auto": True, "file": "stand/red.gcode"}),
-            ("VISIT1", "step_progress", {"step": "printer", "percent": 51, "line": 100, "layer": 3})]))
+    cut_mid_print(config)
     after = Node(config, LINE, tick=0.05)
     with running(after):
         after.board.factory.pin(config.hardware["bed_clear"].pin).drive_high()

@@ -158,6 +158,13 @@ class CommandSet:
             rows.append(f"| `{c.usage()}` | {where} | {c.help} |")
         return "\n".join(rows) + "\n"
 
-    def help(self) -> list[dict[str, Any]]:
-        return [{"command": c.usage(), "help": c.help, "console_only": c.local_only}
-                for c in sorted(self.commands.values(), key=lambda c: c.name)]
+    def help(self, name: str | None = None) -> Any:
+        """Every command (usage, what it does), or one command with its parameters."""
+        if name is None:
+            return [{"command": c.usage(), "help": c.help, "console_only": c.local_only}
+                    for c in sorted(self.commands.values(), key=lambda c: c.name)]
+        command = self.commands.get(name)
+        if command is None:
+            raise CommandError(f"unknown command {name[:40]!r} (try 'help')")
+        return {"command": command.usage(), "help": command.help, "console_only": command.local_only,
+                "params": {p.name: p.help for p in command.params if p.help}}

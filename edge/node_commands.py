@@ -22,7 +22,8 @@ class NodeCommands:
     def __init__(self, node: Node):
         self.node = node
         add = node.commands.register
-        add("help", "list the commands", lambda a: self.node.commands.help())
+        add("help", "list the commands, or tell one", lambda a: self.node.commands.help(a.get("command")),
+            Param("command", required=False, help="a command's name, e.g. help resume"))
         add("status", "station state, devices, counters", lambda a: self.node.get_status())
         add("ping", "check the node answers", lambda a: "pong")
         add("note", "add a note to a job's ledger", self._cmd_note,

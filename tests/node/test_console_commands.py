@@ -81,3 +81,18 @@ def test_any_mqtt_command_gets_a_reply(name, args):
     cs, _ = registry()
     reply = cs.dispatch(name, args, remote=True)
     assert reply.ok or reply.error
+
+
+def test_help_tells_one_command_and_names_an_unknown_one():
+    from trailer import EXAMPLES
+
+    from edge.config import load_station
+    from edge.node import Node
+
+    commands = Node(load_station(EXAMPLES / "laser.toml")).commands
+    one = commands.run_line("help resume")
+    assert one.ok and one.result["command"] == "resume" and "hold" in one.result["help"]
+    assert commands.run_line("help gcode").result["params"] == {"line": "e.g. G0 X10 Y10"}
+    unknown = commands.run_line("help bogus")
+    assert not unknown.ok and "unknown command 'bogus'" in unknown.error
+    assert len(commands.run_line("help").result) == len(commands.commands)

@@ -36,7 +36,7 @@ HARDWARE_TYPES = (
 )
 OUTPUT_TYPES = ("digital_output",)
 SERIAL_PROTOCOLS = ("framed", "grbl", "marlin", "raw")
-CAMERA_SOURCES = ("picamera2", "file")
+CAMERA_SOURCES = ("picamera2", "v4l2", "file")
 SCANNER_SOURCES = ("serial", "evdev", "camera", "file")
 PIN_FACTORIES = ("default", "lgpio", "rpigpio", "pigpio", "native", "mock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -177,12 +177,36 @@ class MaterialSpec:
 
 
 @dataclass(frozen=True)
+class ColourSpec:
+    """A body colour the line prints (`[colours.<name>]`): its nominal sRGB and the ΔE*ab the
+    inspection camera allows (a station's calibration file measures it on its own camera)."""
+
+    id: str
+    srgb: str  # "#rrggbb"
+    tolerance: float = 10.0
+
+
+@dataclass(frozen=True)
+class InspectionSpec:
+    """Where the inspection camera finds things on a product (`[products.<id>.inspection]`), in
+    mm from the top-left corner of the QR label's symbol, x along its top edge, y down its side."""
+
+    label_mm: float
+    colour_region: tuple[float, float, float, float] | None = None  # x, y, w, h of plain body
+    engraving_at: tuple[float, float] | None = None  # the engraving area's top-left corner
+    colour_option: str = "colour"
+    redo: dict[str, str] = field(default_factory=dict)  # check -> route step that makes it again
+    max_redos: int = 1
+
+
+@dataclass(frozen=True)
 class Product:
     id: str
     title: str
     route: tuple[str, ...]
     options: dict[str, OptionSpec]
     engraving: EngravingSpec | None = None
+    inspection: InspectionSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +221,7 @@ class LineConfig:
     order_max_age_s: int
     node_keys: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     materials: dict[str, MaterialSpec] = field(default_factory=dict)
+    colours: dict[str, ColourSpec] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- pins
@@ -456,19 +481,20 @@ def load_line(path: str | Path) -> LineConfig:
     keys, max_age = _read_orders(doc)
     node_keys = _read_node_keys(doc)
     materials = _read_materials(doc)
+    colours = _read_colours(doc)
     products: dict[str, Product] = {}
     table = doc.source.data.get("products")
     if not isinstance(table, dict) or not table:
         doc.issue(("products",), "", "at least one product is required, e.g. [products.stand]", section="products")
         table = {}
     for pid in table:
-        product = _read_product(doc, pid, materials)
+        product = _read_product(doc, pid, materials, colours)
         if product is not None:
             products[pid] = product
-    doc.finish_top(("line", "orders", "nodes", "products", "materials"))
+    doc.finish_top(("line", "orders", "nodes", "products", "materials", "colours"))
     doc.raise_if_issues()
     return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0, node_keys,
-                      materials)
+                      materials, colours)
 
 
 def _public_key(s: Section, key: str, value: Any) -> bytes | None:
@@ -547,13 +573,93 @@ def _read_materials(doc: Document) -> dict[str, MaterialSpec]:
     return out
 
 
-def _get_mm(s: Section, key: str, default: Any, low: float, high: float) -> Any:
-    """A length in mm (an integer or a decimal number) within low..high."""
-    value = s.get(key, (int, float), "a number of mm", default)
+HEX_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+INSPECTION_CHECKS = ("colour", "engraving")
+
+
+def _read_colours(doc: Document) -> dict[str, ColourSpec]:
+    """`[colours.<name>]`: the body colours, each with its nominal sRGB and ΔE tolerance."""
+    top = doc.source.data.get("colours", {})
+    if not isinstance(top, dict):
+        doc.issue(("colours",), "", "must be a table of colours, e.g. [colours.red]", section="colours")
+        return {}
+    out: dict[str, ColourSpec] = {}
+    for cid in top:
+        s = doc.section("colours", cid)
+        srgb = s.get_str("srgb")
+        if isinstance(srgb, str) and not HEX_RE.match(srgb):
+            s.issue("srgb", f"{srgb!r} is not a colour \"#rrggbb\" (six hex digits)")
+            srgb = None
+        tolerance = _get_number(s, "tolerance", 10.0, 0.5, 100, "a ΔE (a number)")
+        s.finish()
+        if srgb is not None and tolerance is not None:
+            out[cid] = ColourSpec(cid, srgb.lower(), float(tolerance))
+    return out
+
+
+def _get_number(s: Section, key: str, default: Any, low: float, high: float, what: str, unit: str = "") -> Any:
+    """An integer or a decimal number within low..high."""
+    value = s.get(key, (int, float), what, default)
     if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
-        s.issue(key, f"{value} is out of range {low:g}..{high:g} mm")
+        s.issue(key, f"{value} is out of range {low:g}..{high:g}{unit}")
         return None
     return value
+
+
+def _get_mm_list(s: Section, key: str, n: int, what: str) -> tuple[float, ...] | None:
+    """`n` numbers of mm (e.g. [x, y, w, h]); sizes (the 3rd and 4th) must be positive."""
+    value = s.get(key, (list,), f"a list {what}", None)
+    if value is None:
+        return None
+    if len(value) != n or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        s.issue(key, f"must be {what} in mm ({n} numbers), not {value!r}")
+        return None
+    if any(v <= 0 for v in value[2:]) or any(abs(v) > 1000 for v in value):
+        s.issue(key, f"{value!r}: sizes must be above 0 and every value within ±1000 mm")
+        return None
+    return tuple(float(v) for v in value)
+
+
+def _read_inspection(doc: Document, pid: str, route: list[str] | None, options: dict[str, OptionSpec],
+                     engraving: EngravingSpec | None, colours: dict[str, ColourSpec]) -> InspectionSpec | None:
+    s = doc.section("products", pid, "inspection")
+    label = _get_mm(s, "label_mm", REQUIRED, 5, 200)
+    region = _get_mm_list(s, "colour_region", 4, "[x, y, width, height]")
+    at = _get_mm_list(s, "engraving_at", 2, "[x, y]")
+    colour_option = s.get_str("colour_option", "colour")
+    max_redos = s.get_int("max_redos", 1, 0, 5)
+    if at is not None and engraving is None:
+        s.issue("engraving_at", "the product has no [engraving] area to check")
+    if region is not None and isinstance(colour_option, str):
+        option = options.get(colour_option)
+        if option is None or option.kind != "choice":
+            s.issue("colour_option", f"the product has no choice option {colour_option!r}"
+                                     f"{did_you_mean(colour_option, options)}")
+        else:
+            missing = [c for c in option.choices if c not in colours]
+            if missing:
+                s.issue("colour_region", f"colours without a [colours.<name>] to compare with: {', '.join(missing)}")
+    redo: dict[str, str] = {}
+    for check, step in s.table("redo").items():
+        if check not in INSPECTION_CHECKS:
+            s.issue("redo", f"{check!r} is not a check ({', '.join(INSPECTION_CHECKS)})"
+                            f"{did_you_mean(check, INSPECTION_CHECKS)}")
+        elif not isinstance(step, str) or step not in (route or ()) or step == "inspection" or (
+                "inspection" in (route or ()) and route.index(step) > route.index("inspection")):
+            s.issue("redo", f"{check} = {step!r}: must name a step of the route before the inspection "
+                            f"({', '.join(route or ())})")
+        else:
+            redo[check] = step
+    s.finish()
+    if label is None:
+        return None
+    return InspectionSpec(float(label), region, at, colour_option or "colour", redo,  # type: ignore[arg-type]
+                          max_redos if max_redos is not None else 1)
+
+
+def _get_mm(s: Section, key: str, default: Any, low: float, high: float) -> Any:
+    """A length in mm (an integer or a decimal number) within low..high."""
+    return _get_number(s, key, default, low, high, "a number of mm", " mm")
 
 
 def _read_engraving(doc: Document, pid: str, options: dict[str, OptionSpec],
@@ -592,7 +698,8 @@ def _read_engraving(doc: Document, pid: str, options: dict[str, OptionSpec],
                          lines, text_option)
 
 
-def _read_product(doc: Document, pid: str, materials: dict[str, MaterialSpec]) -> Product | None:
+def _read_product(doc: Document, pid: str, materials: dict[str, MaterialSpec],
+                  colours: dict[str, ColourSpec]) -> Product | None:
     s = doc.section("products", pid)
     if not NAME_RE.match(pid):
         s.issue("", f"product id {pid!r} is not valid ({NAME_RULE})")
@@ -616,8 +723,12 @@ def _read_product(doc: Document, pid: str, materials: dict[str, MaterialSpec]) -
     if isinstance(s.data.get("engraving"), dict):
         engraving = _read_engraving(doc, pid, options, materials)
     s.table("engraving")  # marks the key as known; a value that is not a table is reported here
+    inspection = None
+    if isinstance(s.data.get("inspection"), dict):
+        inspection = _read_inspection(doc, pid, route, options, engraving, colours)
+    s.table("inspection")
     s.finish()
-    return Product(pid, title or pid, tuple(route or ()), options, engraving)
+    return Product(pid, title or pid, tuple(route or ()), options, engraving, inspection)
 
 
 def _read_option(doc: Document, pid: str, name: str) -> OptionSpec | None:

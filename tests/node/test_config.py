@@ -246,6 +246,79 @@ def test_bad_engraving_and_material_values_are_located_errors(tmp_path, change, 
     assert message in line_error_at(tmp_path, text, key)
 
 
+INSPECTED_LINE = """\
+[line]
+id = "demo"
+
+[orders.keys]
+k1 = "xZ39dE2JZBSBQkWAxi+u9JFBMLNA1UyfF/pLfOBrKhI="
+
+[products.stand]
+route = ["intake", "laser", "inspection", "pickup"]
+
+[products.stand.options.colour]
+type = "choice"
+choices = ["red", "blue"]
+
+[products.stand.options.text]
+type = "text"
+
+[products.stand.engraving]
+width_mm = 60
+height_mm = 20
+material = "pla"
+
+[products.stand.inspection]
+label_mm = 16
+colour_region = [22, -4, 10, 28]
+engraving_at = [36, -2]
+redo = { engraving = "laser" }
+
+[materials.pla]
+power = 300
+feed = 1500
+
+[colours.red]
+srgb = "#c0282d"
+tolerance = 12
+
+[colours.blue]
+srgb = "#1e50b4"
+"""
+
+
+def test_example_line_says_where_the_camera_finds_things_and_what_each_colour_is():
+    line = load_line(LINE_FILE)
+    stand = line.products["stand"].inspection
+    assert (stand.label_mm, stand.colour_region, stand.engraving_at) == (16, (22, -4, 10, 28), (36, -2))
+    assert stand.redo == {"engraving": "laser"} and line.products["keyring"].inspection.colour_region is None
+    assert set(line.colours) == set(line.products["stand"].options["colour"].choices)
+    assert line.colours["blue"].srgb == "#1e50b4" and line.colours["blue"].tolerance == 12
+
+
+@pytest.mark.parametrize("change, key, message", [
+    (('srgb = "#c0282d"', 'srgb = "red"'), "srgb", "'red' is not a colour \"#rrggbb\""),
+    (("tolerance = 12", "tolerance = 0"), "tolerance", "0 is out of range 0.5..100"),
+    (("label_mm = 16", "label_mm = 2"), "label_mm", "2 is out of range 5..200 mm"),
+    (("colour_region = [22, -4, 10, 28]", "colour_region = [22, -4, 10]"), "colour_region",
+     "must be [x, y, width, height] in mm (4 numbers)"),
+    (("colour_region = [22, -4, 10, 28]", "colour_region = [22, -4, 0, 28]"), "colour_region", "sizes must be above 0"),
+    (('redo = { engraving = "laser" }', 'redo = { engraving = "pickup" }'), "redo",
+     "engraving = 'pickup': must name a step of the route before the inspection"),
+    (('redo = { engraving = "laser" }', 'redo = { engravng = "laser" }'), "redo", "did you mean 'engraving'"),
+    (('choices = ["red", "blue"]', 'choices = ["red", "blue", "pink"]'), "colour_region",
+     "colours without a [colours.<name>] to compare with: pink"),
+    (("engraving_at = [36, -2]", "engraving_at = [36, -2]\nlable_mm = 3"), "lable_mm", "unknown key"),
+])
+def test_bad_colours_and_inspection_values_are_located_errors(tmp_path, change, key, message):
+    assert message in line_error_at(tmp_path, INSPECTED_LINE.replace(*change), key)
+
+
+def test_an_engraving_to_check_on_a_product_without_an_engraving_area_is_an_error(tmp_path):
+    text = INSPECTED_LINE.replace('[products.stand.engraving]\nwidth_mm = 60\nheight_mm = 20\nmaterial = "pla"\n', "")
+    assert "the product has no [engraving] area to check" in line_error_at(tmp_path, text, "engraving_at")
+
+
 @pytest.mark.parametrize("spec, bcm, error", [
     (17, 17, ""), ("GPIO17", 17, ""), ("bcm4", 4, ""), ("BOARD11", 17, ""), ("J8:40", 21, ""),
     (28, None, "does not exist"), ("BOARD6", None, "GND pin"), ("BOARD41", None, "does not exist"),

@@ -144,8 +144,29 @@ def test_file_camera_cycles_through_its_images(board_of, tmp_path):
         Image.new("RGB", (32, 24), colour).save(tmp_path / f"frame{i}.png")
     board = board_of(HardwareConfig(name="camera", type="camera", source="file", path=tmp_path))
     cam = board.cameras["camera"]
-    pixels = [cam.capture().getpixel((0, 0)) for _ in range(3)]
-    assert pixels == [(255, 0, 0), (0, 0, 255), (255, 0, 0)]
+    frames = [cam.capture() for _ in range(3)]
+    assert all(f.shape == (24, 32, 3) and str(f.dtype) == "uint8" for f in frames)  # RGB arrays, any source
+    assert [tuple(int(v) for v in f[0, 0]) for f in frames] == [(255, 0, 0), (0, 0, 255), (255, 0, 0)]
+    assert cam.status()["frames"] == 3 and cam.status()["error"] is None
+
+
+def test_a_camera_that_cannot_give_a_frame_says_why_and_recovers(board_of, tmp_path):
+    board = board_of(HardwareConfig(name="camera", type="camera", source="file", path=tmp_path))
+    cam = board.cameras["camera"]
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    with pytest.raises(HardwareError, match=r"\[hardware.camera\] cannot read broken.png"):
+        cam.capture()
+    assert "broken.png" in cam.status()["error"]
+    (tmp_path / "broken.png").unlink()
+    Image.new("RGB", (8, 8), "green").save(tmp_path / "ok.png")
+    assert cam.capture().shape == (8, 8, 3) and cam.status()["error"] is None
+
+
+def test_a_v4l2_camera_that_is_not_there_is_a_fault_naming_its_device(board_of, tmp_path):
+    board = board_of(HardwareConfig(name="usbcam", type="camera", source="v4l2", path=tmp_path / "video9"))
+    assert "video9: no such camera (unplugged?)" in board.faults["usbcam"]
+    with pytest.raises(HardwareError, match="video9"):
+        board.cameras["usbcam"].capture()  # tried again at each capture, still not there
 
 
 def test_picamera2_off_a_pi_is_a_fault_not_a_crash(board_of):

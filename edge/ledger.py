@@ -389,6 +389,8 @@ def fold(job: str, events: Iterable[Event]) -> JobState:
                                             f"{ev.type} after the job was {state.status}"))
         else:
             _apply_step(state, ev, claims.setdefault(ev.step, _Claim()))
+            if ev.type == "step_failed" and isinstance(ev.data.get("redo"), str):
+                _apply_redo(state, ev, claims)
     if not closed:
         state.status = _status(state, created is not None)
     return state
@@ -474,6 +476,21 @@ def _apply_step(state: JobState, ev: Event, claim: _Claim) -> None:
     elif ev.type == "step_skipped":
         step.status, step.node = "skipped", node
         step.reason = str(ev.data.get("reason", ""))
+
+
+def _apply_redo(state: JobState, ev: Event, claims: dict[str, _Claim]) -> None:
+    """`step_failed {step, reason, redo: <earlier step>}`: the part goes back to be made again
+    (an inspection found the engraving missing): the earlier route step, if done, and the
+    failing step are pending again, so the job is not failed and the line routes it back."""
+    step, target = state.step(ev.step), state.step(ev.data["redo"])
+    if step is None or step.status != "failed" or step.node != ev.node:
+        return  # the failure itself was ignored (a loser's report)
+    if target is None or not target.on_route or target is step or target.status not in ("done", "skipped"):
+        return  # nothing to make again: the step stays failed (an operator decides)
+    reason = str(ev.data.get("reason", ""))
+    target.status, target.reason, target.resume_at, target.progress = "pending", f"redo: {reason}", 0, None
+    step.status = "pending"
+    claims.setdefault(target.step, _Claim()).reader = ""  # a read from before says nothing of the part now
 
 
 def _apply_start(state: JobState, step: StepState, claim: _Claim, ev: Event) -> None:

@@ -19,6 +19,7 @@ never a crash of the node).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,6 +109,20 @@ class StreamEnded:
     refused: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class Captured:
+    """A `Capture` ended: `ok` with what `look` returned (`result`) and the snapshots kept
+    (`files`: path under the node's files -> sha256 of its bytes), or not `ok` with the camera's
+    (or the analysis') `error`."""
+
+    device: str
+    job: str
+    ok: bool
+    result: Mapping[str, Any] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
 # ---------------------------------------------------------------- actions (out of a machine)
 
 @dataclass(frozen=True)
@@ -179,9 +194,23 @@ class WriteFile:
     write: Callable[[Any], Any]
 
 
+@dataclass(frozen=True)
+class Capture:
+    """Take a frame from the camera `device` on a worker thread and call `look(frame)` there: it
+    returns (result, images), a JSON-able result and {name: RGB array} to keep as JPEG snapshots
+    under `jobs/<job>/` of the node's files; the station then hears `Captured`. Snapshots rotate
+    out, oldest first, while they take more than `budget_mb`, never those of the jobs in `keep`."""
+
+    device: str
+    job: str
+    look: Callable[[Any], tuple[Mapping[str, Any], Mapping[str, Any]]]
+    keep: frozenset[str] = frozenset()
+    budget_mb: float = 500.0
+
+
 Event = (Boot | Scan | InputChanged | Tick | LedgerChanged | SafetyChanged | Resumed | Hold | StreamProgress
-         | StreamEnded)
-Action = Drive | Record | Flash | Tell | Fault | Stream | Realtime | WriteFile
+         | StreamEnded | Captured)
+Action = Drive | Record | Flash | Tell | Fault | Stream | Realtime | WriteFile | Capture
 
 
 @dataclass(frozen=True)
@@ -246,6 +275,9 @@ class Engine:
         node.on("stream_end", lambda e: self.feed(StreamEnded(
             e.data["device"], e.data["job"], bool(e.data["ok"]), e.data.get("reason", ""),
             int(e.data.get("executed") or 0), tuple(e.data.get("refused") or ()))))
+        node.on("captured", lambda e: self.feed(Captured(
+            e.data["device"], e.data["job"], bool(e.data["ok"]), e.data.get("result") or {},
+            e.data.get("files") or {}, e.data.get("error", ""))))
 
     # -- feeding
     def feed(self, event: Event) -> None:
@@ -254,7 +286,8 @@ class Engine:
             if not self.latched:
                 self.latched = True
                 self.node._update_state()
-        if self.mode == "manual" and not isinstance(event, (SafetyChanged, Hold, StreamProgress, StreamEnded)):
+        if self.mode == "manual" and not isinstance(event, (SafetyChanged, Hold, StreamProgress, StreamEnded,
+                                                            Captured)):
             if isinstance(event, Tick):
                 self.light()
             return  # an operator drives the station: the machine neither hears nor acts (back: Resumed)
@@ -317,6 +350,8 @@ class Engine:
                     machine.resume() if action.command == "resume" else machine.hold()
             elif isinstance(action, WriteFile):
                 self._write_file(action)
+            elif isinstance(action, Capture):
+                self._capture(action)
             elif isinstance(action, Fault):
                 if action.reason != self.fault:
                     (log.error if action.reason else log.info)("station fault: %s", action.reason or "cleared")
@@ -338,6 +373,41 @@ class Engine:
             on_fault()
             self.node.post("stream_end", {"device": action.device, "job": action.job, "ok": False,
                                           "reason": why, "executed": action.start})
+
+    def _capture(self, action: Capture) -> None:
+        """The camera and the analysis on a thread of their own: a capture takes a moment, an
+        analysis tens of milliseconds, and the loop must keep answering stops and scans."""
+        from pathlib import Path
+
+        from edge.snapshots import Snapshots
+
+        camera = self.node.board.cameras.get(action.device)
+        snapshots = Snapshots(Path(self.node.config.node.data_dir) / "files")
+        post = self.node.post
+
+        def work() -> None:
+            out: dict[str, Any] = {"device": action.device, "job": action.job, "ok": False}
+            try:
+                if camera is None:
+                    raise LookupError(f"no camera [hardware.{action.device}] on this node")
+                frame = camera.capture()
+            except Exception as exc:  # unplugged, no frame: the station decides (retake, fail)
+                post("captured", {**out, "error": str(exc)})
+                return
+            try:
+                result, images = action.look(frame)
+                files = snapshots.save(action.job, images)
+            except Exception as exc:
+                log.exception("inspection of %s failed", action.job)
+                post("captured", {**out, "error": f"analysis failed: {type(exc).__name__}: {exc}"})
+                return
+            try:
+                snapshots.rotate(int(action.budget_mb * 1e6), action.keep | {action.job})
+            except OSError as exc:
+                log.warning("could not rotate snapshots: %s", exc)
+            post("captured", {**out, "ok": True, "result": dict(result), "files": files})
+
+        threading.Thread(target=work, name=f"capture-{action.device}", daemon=True).start()
 
     def _write_file(self, action: WriteFile) -> None:
         from pathlib import Path

@@ -17,6 +17,7 @@ Every case is told once per module and read by several tests, one behaviour each
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -124,30 +125,6 @@ def transfer_carries_on(to: str) -> Callable[[Bench], None]:
     return after
 
 
-def generic_step_running(kind: str) -> Callable[[Bench], None]:
-    def bring(bench: Bench) -> None:
-        machine = bench.node.station.machine
-        on_loop(bench.node, lambda: setattr(machine, "dwell_s", 3600.0))  # the step runs until told
-        bench.record(*launched(STAND, STAND[:STAND.index(kind)]))
-        on_loop(bench.node, lambda: bench.node.record(JOB, "step_arrived", {"step": kind, "carrier": "T01"}))
-        wait_for(lambda: bench.step(kind) == "running")
-        for output in bench.node.board.outputs:  # the laser fires, the fumes are drawn, the ring light is lit
-            assert bench.console(f"drive {output} on").ok
-    return bring
-
-
-def generic_dwell_runs_out(bench: Bench) -> None:
-    """While the loop is open, the step's dwell runs out (as if the stop came near its end)."""
-    machine = bench.node.station.machine
-    on_loop(bench.node, lambda: setattr(machine, "dwell_s", 0.0))
-
-
-def generic_step_done(kind: str) -> Callable[[Bench], None]:
-    def after(bench: Bench) -> None:
-        wait_for(lambda: bench.step(kind) == "done")
-    return after
-
-
 def pickup_lock_released(bench: Bench) -> None:
     for door in ("locker_door_1", "locker_door_2"):
         bench.pin(door).drive_low()  # reed switches to GND: both doors shut
@@ -219,6 +196,59 @@ def printer_prints_on(bench: Bench) -> None:
     wait_for(lambda: bench.step("printer") == "done", 120)
 
 
+class Shutter:
+    """The file camera with its shutter held until the story lets it go: the inspection's step
+    stays running, its ring light on, for as long as the story needs."""
+
+    def __init__(self, camera: Any):
+        self.camera = camera
+        self.release = threading.Event()
+
+    def capture(self) -> Any:
+        self.release.wait(30)
+        return self.camera.capture()
+
+    def status(self) -> dict[str, Any]:
+        return self.camera.status()
+
+    def close(self) -> None:
+        self.release.set()
+        self.camera.close()
+
+
+def inspection_looking(bench: Bench) -> None:
+    """The part under the camera, the ring light on, the frame not taken yet."""
+    from PIL import Image
+
+    from edge.sim.parts import render
+    from stations.inspection import expected_strokes, product_layout
+
+    stand = LINE.products["stand"]
+    camera = bench.node.board.cameras["camera"]
+    image = render(layout=product_layout(stand), label="T01", colour=LINE.colours["red"].srgb,
+                   strokes=expected_strokes(stand, {"text": "Zoé"}, LINE))
+    Image.fromarray(image).save(camera.path / "part.png")
+    bench.machines["shutter"] = shutter = Shutter(camera)
+    on_loop(bench.node, lambda: bench.node.board.cameras.__setitem__("camera", shutter))
+    order = {"order_id": JOB, "product": "stand", "options": {"colour": "red", "text": "Zoé"}}
+    bench.record(("created", {"product": "stand", "route": STAND, "order": order}), ("carrier", {"carrier": "T01"}),
+                 *[("step_done", {"step": s}) for s in STAND[:STAND.index("inspection")]],
+                 ("step_arrived", {"step": "inspection", "carrier": "T01"}))
+    wait_for(lambda: bench.step("inspection") == "running" and bench.on("ring_light"))
+
+
+def inspection_frame_while_open(bench: Bench) -> None:
+    """The frame comes while the loop is open: no verdict on it (the part is looked at again)."""
+    bench.machines["shutter"].release.set()
+    wait_for(lambda: bench.node.board.cameras["camera"].camera.frames >= 1)
+    bench.ticks.wait(3)
+    assert bench.step("inspection") == "running"
+
+
+def inspection_passes(bench: Bench) -> None:
+    wait_for(lambda: bench.step("inspection") == "done", 30)
+
+
 @dataclass(frozen=True)
 class Case:
     kind: str
@@ -248,9 +278,8 @@ CASES = [
     Case("printer", "printing", printer_printing, (), after_reset=printer_prints_on,
          settled={"printer": "done", "position": "printer"},
          machines=(("marlin", lambda: SimulatedMarlin(heat_rate=0.0)),)),
-    Case("inspection", "step-running", generic_step_running("inspection"), ("reject_gate", "ring_light"),
-         while_open=generic_dwell_runs_out, after_reset=generic_step_done("inspection"),
-         settled={"inspection": "done", "position": "inspection"}),
+    Case("inspection", "looking", inspection_looking, ("ring_light",), while_open=inspection_frame_while_open,
+         after_reset=inspection_passes, settled={"inspection": "done", "position": "inspection"}),
     Case("pickup", "lock-released", pickup_lock_released, ("locker_1", "light_green"),
          settled={"pickup": "running", "status": "in_progress"}),
     Case("pickup", "door-open", pickup_door_open, ("locker_1", "light_green"), after_reset=pickup_door_shut,

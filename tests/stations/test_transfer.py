@@ -335,3 +335,18 @@ def test_an_estop_on_a_real_transfer_node_stops_the_belt_and_only_reset_lets_it_
         assert replies[0].ok and "emergency stop" in replies[0].result["cleared"]
         # the reset is in the ledger, on the job whose part was on the belt
         assert "transfer-1: operator: reset, cleared emergency stop" in node.store.job("VISIT2").notes
+
+
+def test_a_part_the_inspection_sends_back_is_carried_round_the_loop_to_the_laser():
+    """After the inspection's redo (the laser and the inspection pending again, the part still at
+    the inspection), the belt takes it on, past the pickup and round, to the laser's beam."""
+    machine_ = transfer()
+    sent_back = job("J1", "inspection", done=("intake", "printer", "transfer"))
+    started = machine_.handle(Tick(), view(sent_back))
+    assert ON in started
+    assert records(started) == [("J1", "step_arrived", {"step": "transfer", "to": "laser", "carrier": "T01"})]
+    on_belt = job("J1", "transfer", done=("intake", "printer", "transfer"))
+    passing = machine_.handle(InputChanged("beam_pickup", True), view(on_belt, now=NOW + 1, beam_pickup=True))
+    assert OFF not in passing and records(passing) == []  # not there yet: it rides on
+    arrived = machine_.handle(InputChanged("beam_laser", True), view(on_belt, now=NOW + 2, beam_laser=True))
+    assert OFF in arrived and records(arrived) == [("J1", "step_arrived", {"step": "laser", "carrier": "T01"})]

@@ -167,6 +167,9 @@ def demo(args: argparse.Namespace) -> int:
         if args.keep:
             preview = nodes["laser"].data_dir / "files" / "jobs" / first / "laser-preview.png"
             say(f"\nThe laser's toolpath of order {first}: {preview}")
+            shots = sorted((nodes["inspection"].data_dir / "files" / "jobs" / first).glob("inspection-*-annotated.jpg"))
+            if shots:
+                say(f"What the inspection camera saw of it: {shots[-1]}")
             say(f"Files of this run (logs, ledgers, station files, broker config): {workdir}")
         return 0 if ok else 1
     except (RuntimeError, AssertionError, OSError) as exc:

@@ -227,6 +227,7 @@ SIM_STATION_KEYS = {  # what a simulated station of a kind needs besides its kin
     "transfer": 'mode = "manual"\nbeams = {laser = "beam_laser", printer = "beam_printer", '
                 'inspection = "beam_inspection", pickup = "beam_pickup"}\n',
     "pickup": 'mode = "manual"\nlockers = [{lock = "locker_1", door = "locker_door_1"}]\n',
+    "inspection": 'mode = "manual"\n',
 }
 SIM_HARDWARE = {  # the devices those keys name, for a simulated node given no hardware of its own
     "transfer": "".join(f'\n[hardware.{name}]\ntype = "{kind}"\npin = {pin}\n' + ('safe_state = "off"\n' if
@@ -235,6 +236,8 @@ SIM_HARDWARE = {  # the devices those keys name, for a simulated node given no h
         ("beam_inspection", "digital_input", 13), ("beam_pickup", "digital_input", 19))),
     "pickup": '\n[hardware.locker_1]\ntype = "digital_output"\npin = 17\nsafe_state = "off"\n'
               '\n[hardware.locker_door_1]\ntype = "digital_input"\npin = 22\n',
+    # a camera on the station file's own folder: no pictures, and in manual mode none is taken
+    "inspection": '\n[hardware.camera]\ntype = "camera"\nsource = "file"\npath = "."\n',
 }
 
 
@@ -275,8 +278,9 @@ def example_station_text(kind: str, name: str, data_dir: Path, port: int, passwo
     """examples/line/<kind>.toml made to run here: the same `[station]` and GPIO devices (on
     mock pins), its node and MQTT sections pointing at the simulated line, each scanner reading
     a FIFO `<data_dir>/../<device>.fifo` (`SimNode.scan` writes to it), the G-code machines on
-    the ports in `ports` (simulators), and the other serial devices and cameras, which need a
-    real port or sensor, left out. Its console is on stdin."""
+    the ports in `ports` (simulators), each camera on a folder `<data_dir>/../<device>-frames`
+    (the simulated world renders frames in its place), and the other serial devices, which need
+    a real port, left out. Its console is on stdin."""
     import tomllib
 
     import tomli_w
@@ -292,7 +296,12 @@ def example_station_text(kind: str, name: str, data_dir: Path, port: int, passwo
             hardware[device] = {"type": "scanner", "source": "file", "path": str(data_dir.parent / f"{device}.fifo")}
         elif spec.get("type") == "serial" and device in (ports or {}):
             hardware[device] = {**spec, "port": (ports or {})[device]}
-        elif spec.get("type") not in ("serial", "camera"):
+        elif spec.get("type") == "camera":  # no sensor: a folder of images (the world renders frames instead)
+            frames = data_dir.parent / f"{device}-frames"
+            frames.mkdir(parents=True, exist_ok=True)
+            hardware[device] = {"type": "camera", "source": "file", "path": str(frames),
+                                **({"resolution": spec["resolution"]} if "resolution" in spec else {})}
+        elif spec.get("type") != "serial":
             hardware[device] = spec
     doc["hardware"] = hardware
     doc["console"] = {"stdin": True}

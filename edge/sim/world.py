@@ -11,6 +11,12 @@ A node on mock pins drives outputs nobody sees and waits for inputs nobody chang
     pickup    the visitor: every locker door starts shut; a lock released for the visitor is
               opened VISITOR_S later, the stand taken, the door shut again TAKE_S after that.
     printer   the bed reads clear (`bed_clear`): each print is taken off at once.
+    inspection  the camera: each frame is rendered (edge.sim.parts) from the part the station is
+              looking at, in its carrier tray: the carrier's QR label, the ordered colour, the
+              laser's strokes for the ordered text, turned and shifted a little, with some noise
+              and a lamp that varies, as a real tray never lies twice the same. `defect(kind)`
+              spoils what comes next: "wrong_colour" or "no_engraving" (the next part), "dark",
+              "blurred" or "no_label" (the next frame only).
 
 The world only reads outputs and drives inputs, like the wiring it stands for; which carrier
 rides the belt is the one fact it takes from the transfer (physically, the one its gate let go).
@@ -20,6 +26,7 @@ rides the belt is the one fact it takes from the transfer (physically, the one i
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,6 +42,8 @@ PULSE_S = 0.15
 VISITOR_S = 1.0
 TAKE_S = 1.5
 STEP_S = 0.02
+PART_DEFECTS = ("wrong_colour", "no_engraving")
+FRAME_DEFECTS = ("dark", "blurred", "no_label")
 
 
 class World:
@@ -42,7 +51,7 @@ class World:
 
     def __init__(self, node: Node):
         self.node = node
-        self.parts: list[Belt | Visitor] = []
+        self.parts: list[Belt | Visitor | Lens] = []
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         node.board_ready.append(self.wire)
@@ -58,6 +67,8 @@ class World:
             self.parts.append(Belt(self, options))
         elif kind == "pickup" and options is not None:
             self.parts.append(Visitor(self, options))
+        elif kind == "inspection" and options is not None:
+            self.parts.append(Lens(self, options))
         bed = getattr(options, "bed_clear", None)
         if kind == "printer" and bed in self.node.board.inputs:
             self.set_input(bed, True)  # the gripper takes each print off at once: the bed reads clear
@@ -84,6 +95,14 @@ class World:
         for part in self.parts:
             if isinstance(part, Belt):
                 part.jam_next = True
+
+    def defect(self, kind: str) -> None:
+        """Spoil the next part or frame under the inspection camera (see the module docstring)."""
+        if kind not in PART_DEFECTS + FRAME_DEFECTS:
+            raise ValueError(f"defect {kind!r} is not one of {', '.join(PART_DEFECTS + FRAME_DEFECTS)}")
+        for part in self.parts:
+            if isinstance(part, Lens):
+                part.defects.append(kind)
 
     # -- the wiring
     def output(self, name: str) -> bool:
@@ -189,3 +208,111 @@ class Visitor:
                 self.world.set_input(spec.door, True)
                 self.collected += 1
                 del self.plans[spec.name]
+
+
+class Lens:
+    """The inspection camera's view, rendered: the board's camera is replaced by one whose frames
+    show the part the station is looking at. What each open job's part looks like is read from
+    the ledger on the loop thread; a frame is drawn on the capture's thread from that."""
+
+    def __init__(self, world: World, options: Any):
+        from edge.hw.camera import Camera
+
+        self.world = world
+        node = world.node
+        self.font: str = getattr(options, "font", "futural")
+        from stations.inspection import camera_of
+
+        self.name = camera_of(options, {n: d.type for n, d in node.config.hardware.items()})
+        self.looks: dict[str, dict[str, Any]] = {}  # job -> what its part looks like
+        self.defects: list[str] = []
+        self.spoilt: dict[str, str] = {}  # job -> its part's defect
+        self.random = random.Random(7)
+        self.frames = 0
+        old = node.board.cameras.get(self.name)
+        config = node.config.hardware.get(self.name)
+        lens = self
+
+        class Rendered(Camera):
+            source = "rendered"
+
+            def _capture(self) -> Any:
+                return lens.frame(self.resolution)
+
+        if config is None:
+            raise HardwareError(f"--world: the inspection's camera [hardware.{self.name}] is not declared")
+        if old is not None:
+            old.close()
+        node.board.cameras[self.name] = Rendered(config)
+        node.board.faults.pop(self.name, None)
+        node.on("ledger_changed", lambda _e: self.refresh())
+        self.refresh()
+
+    def describe(self) -> str:
+        return f"a camera over the inspection tray ([hardware.{self.name}], frames rendered from the jobs)"
+
+    def step(self, now: float) -> None:
+        pass
+
+    def refresh(self) -> None:
+        """On the loop thread: what the parts at the inspection look like."""
+        from stations.inspection import expected_strokes, order_options, ordered_colour, product_layout
+
+        node = self.world.node
+        line = node.line
+        if node.store is None or line is None:
+            return
+        for state in node.store.open_jobs():
+            product = line.products.get(state.product)
+            if state.position != "inspection" or product is None or product.inspection is None:
+                continue
+            options = order_options(state)
+            colour = ordered_colour(product, options) or "white"
+            try:
+                strokes = expected_strokes(product, options, line, self.font)
+            except ValueError:
+                strokes = None  # the laser refused it: nothing was burnt
+            self.looks[state.job] = {"layout": product_layout(product), "label": state.carrier or state.job,
+                                     "colour": line.colours[colour].srgb if colour in line.colours else colour,
+                                     "strokes": strokes, "others": sorted(line.colours)}
+
+    def frame(self, size: tuple[int, int]) -> Any:
+        """On the capture's thread: the part being inspected, or an empty tray."""
+        from edge.sim.parts import render
+
+        looking = getattr(getattr(self.world.node.station, "machine", None), "looking", None)
+        look = self.looks.get(looking.job) if looking is not None else None
+        self.frames += 1
+        r = self.random
+        scene: dict[str, Any] = {"angle_deg": r.uniform(-6, 6), "offset_mm": (r.uniform(-3, 3), r.uniform(-3, 3)),
+                                 "light": r.uniform(0.9, 1.1), "noise": 2.0, "seed": self.frames}
+        if look is None:
+            from edge.vision import Layout
+
+            return render(layout=Layout(16.0, (22, -4, 10, 28), (36, -2, 60, 20)), label="", colour="#6a6c70",
+                          strokes=None, size=size, **scene)
+        job = looking.job
+        if job not in self.spoilt:
+            part = [d for d in self.defects if d in PART_DEFECTS]
+            self.spoilt[job] = part[0] if part else ""
+            if part:
+                self.defects.remove(part[0])
+        look = dict(look)
+        others = look.pop("others")
+        if self.spoilt[job] == "wrong_colour":
+            line = self.world.node.line
+            current = next((n for n in others if line is not None and line.colours[n].srgb == look["colour"]), "")
+            other = next(n for n in others if n != current)
+            look["colour"] = line.colours[other].srgb if line is not None else other
+        elif self.spoilt[job] == "no_engraving":
+            look["strokes"] = None
+        frame_defect = next((d for d in self.defects if d in FRAME_DEFECTS), None)
+        if frame_defect is not None:
+            self.defects.remove(frame_defect)
+            if frame_defect == "dark":
+                scene["light"] = 0.12
+            elif frame_defect == "blurred":
+                scene["blur"] = 1.5
+            else:
+                look["label"] = ""
+        return render(size=size, **look, **scene)

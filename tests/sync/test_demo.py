@@ -3,6 +3,7 @@ from a visitor's scan at intake to the locker at pickup, with nobody driving a c
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from trailer import run_edge
@@ -10,6 +11,10 @@ from trailer import run_edge
 from edge.store import Store
 
 STATIONS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
+
+
+def store_carrier(events, job: str) -> str:
+    return next(e.data["carrier"] for e in events if e.job == job and e.type == "carrier")
 
 
 def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_path):
@@ -45,6 +50,15 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
         assert printer.data["file"] == f"stand/{options['colour']}.gcode"
     preview = out.split("The laser's toolpath of order ")[1].split(": ", 1)[1].split("\n")[0]
     assert Path(preview).stat().st_size > 1000
+    # the inspection camera looked at each stand (frames rendered by the world) and passed it, its
+    # snapshot kept with the job, the snapshot's hash and every measured value in the ledger
+    for job in jobs:
+        done = next(e for e in events if e.job == job and e.type == "step_done" and e.step == "inspection")
+        assert done.data["verdict"] == "pass" and done.data["values"]["label"] == store_carrier(events, job)
+        assert done.data["values"]["delta_e"] < 12 and done.data["values"]["engraving_score"] >= 0.65
+        shot = tmp_path / "line" / "inspection-1" / "data" / "files" / done.data["snapshot"]
+        assert hashlib.sha256(shot.read_bytes()).hexdigest() == done.data["sha256"]
+    assert "What the inspection camera saw of it: " in out
     operator = [e for e in events if e.type in ("override", "step_skipped", "cancelled") or e.data.get("manual")]
     assert operator == []  # no console command moved the line
     assert len({e.id for e in events}) == len(events)

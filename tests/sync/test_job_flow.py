@@ -31,7 +31,7 @@ def test_an_order_travels_its_route_and_every_node_agrees(broker, line):
         assert (busy["state"], busy["job"]) == ("busy", "R2D2X1")
         state = node.command("step R2D2X1 done")
         idle = node.status()
-        at_rest = "manual" if kind == "pickup" else "idle"  # the simulated lockers are driven by hand
+        at_rest = "manual" if kind in ("pickup", "inspection") else "idle"  # lockers, camera: by hand
         assert (idle["state"], idle["job"]) == (at_rest, None)
         assert state["steps"][launched["route"].index(kind)]["status"] == "done"
     final = nodes["pickup"].command("complete R2D2X1")

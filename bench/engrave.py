@@ -14,7 +14,6 @@ usage: python bench/engrave.py [--repeat N] [--time-scale S] [--json OUT]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import machine, pct  # noqa: E402
+from bench.report import emit, machine, pct  # noqa: E402
 from edge.config import load_line  # noqa: E402
 from firmware_bridge.engrave import EngravingArea, LaserMaterial, engrave  # noqa: E402
 from firmware_bridge.grbl import Grbl  # noqa: E402
@@ -84,10 +83,7 @@ def main() -> int:
             "ratio_send_and_wait_over_counting": round(waiting / counting, 2),
         },
     }
-    text = json.dumps(out, indent=2, ensure_ascii=False)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(out, args.json)
     return 0
 
 

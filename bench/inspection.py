@@ -20,11 +20,11 @@ usage: python bench/inspection.py [--repeat N] [--json OUT]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.report import machine, pct  # noqa: E402
+from bench.report import emit, machine, pct  # noqa: E402
 from edge.config import load_line  # noqa: E402
 from edge.sim.parts import COLOURS, LABELS, render, shots  # noqa: E402
 from edge.vision import ColourRef, Expected, Layout, find_labels, inspect  # noqa: E402
-from firmware_bridge.engrave import EngravingArea, LaserMaterial, engrave  # noqa: E402
+from stations.inspection import expected_strokes, product_layout  # noqa: E402
 
-# The example layouts: mm from the QR symbol's top-left corner, x along its top edge, y down.
-LAYOUTS = {"stand": Layout(label_mm=16, colour=(22, -4, 10, 28), engraving=(36, -2, 60, 20)),
-           "keyring": Layout(label_mm=16, colour=(22, -2, 8, 20), engraving=(34, 3, 30, 10))}
 SIZES = ((640, 480), (1640, 1232))
 NAME = "François Lefèvre"
 TARGETS = {"decode_per_s_at_640x480": ">= 30", "inspect_per_s_at_640x480": "> 10", "wrong_passes": 0}
@@ -63,26 +60,25 @@ def main() -> int:
     ap.add_argument("--json", metavar="OUT", help="also write the JSON to this file")
     args = ap.parse_args()
     line = load_line(ROOT / "examples" / "line" / "line.toml")
-    toolpaths: dict[tuple[str, str], Any] = {}
+    # the example line's layouts; the line file checks no keyring colour: the set gives it a region
+    layouts = {"stand": product_layout(line.products["stand"]),
+               "keyring": Layout(16, (22, -2, 8, 20), product_layout(line.products["keyring"]).engraving)}
 
+    @cache
     def toolpath(product: str, text: str) -> Any:
-        if (product, text) not in toolpaths:
-            spec = line.products[product].engraving
-            toolpaths[product, text] = engrave(text, EngravingArea.of(spec),
-                                               LaserMaterial.of(line.materials[spec.material])).strokes
-        return toolpaths[product, text]
+        return expected_strokes(line.products[product], {"text": text}, line)
 
     refs = tuple(ColourRef.of_hex(name, srgb, 10.0) for name, srgb in COLOURS.items())
     colour = {ref.name: ref for ref in refs}
     speed = {}
     for size in SIZES:
-        frame = render(layout=LAYOUTS["stand"], label=LABELS[0], colour="red", strokes=toolpath("stand", NAME),
+        frame = render(layout=layouts["stand"], label=LABELS[0], colour="red", strokes=toolpath("stand", NAME),
                        size=size, angle_deg=7.0, noise=4.0)
         expected = Expected(LABELS, colour["red"], toolpath("stand", NAME), refs)
-        assert inspect(frame, expected, LAYOUTS["stand"]).verdict == "pass"
+        assert inspect(frame, expected, layouts["stand"]).verdict == "pass"
         key = f"{size[0]}x{size[1]}"
         speed[key] = {"decode": timed(lambda f=frame: find_labels(f), args.repeat),
-                      "inspect": timed(lambda f=frame, e=expected: inspect(f, e, LAYOUTS["stand"]), args.repeat)}
+                      "inspect": timed(lambda f=frame, e=expected: inspect(f, e, layouts["stand"]), args.repeat)}
 
     table: dict[str, dict[str, int]] = {}
     counts = {"frames": 0, "correct": 0, "wrong_passes": 0, "wrong_rejects": 0, "retakes": 0,
@@ -90,8 +86,8 @@ def main() -> int:
     for shot in shots(SIZES):
         expected = Expected(LABELS, colour[shot.ordered_colour] if shot.ordered_colour else None,
                             toolpath(shot.product, shot.ordered_text) if shot.ordered_text else (), refs)
-        frame = shot.frame(LAYOUTS[shot.product], toolpath(shot.product, shot.engraved) if shot.engraved else None)
-        finding = inspect(frame, expected, LAYOUTS[shot.product])
+        frame = shot.frame(layouts[shot.product], toolpath(shot.product, shot.engraved) if shot.engraved else None)
+        finding = inspect(frame, expected, layouts[shot.product])
         row = table.setdefault(shot.truth, {"pass": 0, "reject": 0, "retake": 0})
         row[finding.verdict] += 1
         counts["frames"] += 1
@@ -105,7 +101,7 @@ def main() -> int:
         "bench": "inspection",
         "machine": machine(),
         "layouts_mm": {name: {"label": layout.label_mm, "colour": layout.colour, "engraving": layout.engraving}
-                       for name, layout in LAYOUTS.items()},
+                       for name, layout in layouts.items()},
         "field_mm": 120.0,
         "speed": speed,
         "accuracy": {**counts, "truth_x_decision": table},
@@ -116,10 +112,7 @@ def main() -> int:
             "wrong_passes": counts["wrong_passes"] == 0,
         },
     }
-    text = json.dumps(out, indent=2, ensure_ascii=False)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(out, args.json)
     return 0
 
 

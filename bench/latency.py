@@ -13,7 +13,6 @@ usage: python bench/latency.py [--scans N] [--json OUT]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -29,7 +28,7 @@ os.environ["GPIOZERO_PIN_FACTORY"] = "mock"
 
 from trailer import EXAMPLES, example_station  # noqa: E402
 
-from bench.report import machine, pct  # noqa: E402
+from bench.report import emit, machine, pct  # noqa: E402
 from edge.config import load_line, load_station  # noqa: E402
 from edge.node import Node  # noqa: E402
 from edge.sim.line import example_order  # noqa: E402
@@ -102,10 +101,7 @@ def main() -> int:
                              "mean_ms": round(statistics.mean(actuator), 3)},
         "targets": {"actuator_p99_under_50_ms": pct(actuator, 99) < 50},
     }
-    text_out = json.dumps(result, indent=2)
-    print(text_out)
-    if args.json:
-        Path(args.json).write_text(text_out + "\n")
+    emit(result, args.json)
     return 0
 
 

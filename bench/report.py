@@ -14,3 +14,14 @@ def pct(values: list[float], p: float) -> float:
 
 def machine() -> dict[str, object]:
     return {"cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def emit(result: dict, json_path: str | None = None) -> None:
+    """Print a benchmark's result as JSON, and write it to `json_path` too when one is given."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")

@@ -19,7 +19,6 @@ usage: python bench/sync.py [--quick] [--only PART] [--json OUT]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import socket
@@ -37,7 +36,7 @@ sys.path[:0] = [str(ROOT)]
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from bench.report import machine, pct  # noqa: E402
+from bench.report import emit, machine, pct  # noqa: E402
 from edge.clock import Timestamp  # noqa: E402
 from edge.ledger import Event, EventVerifier  # noqa: E402
 from edge.sim.line import SimBroker, SimNode, password_of, sim_signer  # noqa: E402
@@ -270,10 +269,7 @@ def main() -> int:
             progress("signature cost")
             result["signatures"] = bench_signatures(tmp, total)
     result["targets"] = targets
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
     return 0
 
 

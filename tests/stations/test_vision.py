@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from functools import cache, lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -39,11 +39,13 @@ from edge.vision import (
     srgb_to_lab,
     stroke_mask,
 )
-from firmware_bridge.engrave import EngravingArea, LaserMaterial, engrave
+from stations.inspection import expected_strokes, product_layout
 
-# The example layouts (mm from the QR symbol's top-left corner, x along its top edge, y down).
-STAND = Layout(label_mm=16, colour=(22, -4, 10, 28), engraving=(36, -2, 60, 20))  # area 60 x 20 mm
-KEYRING = Layout(label_mm=16, colour=(22, -2, 8, 20), engraving=(34, 3, 30, 10))  # area 30 x 10 mm
+LINE = load_line(EXAMPLES / "line.toml")
+# The example line's layouts (mm from the QR symbol's top-left corner, x along its top edge, y
+# down). The line file checks no keyring colour; the tests give it a colour region all the same.
+STAND = product_layout(LINE.products["stand"])  # area 60 x 20 mm
+KEYRING = Layout(label_mm=16, colour=(22, -2, 8, 20), engraving=product_layout(LINE.products["keyring"]).engraving)
 LAYOUTS = {"stand": STAND, "keyring": KEYRING}
 REFS = tuple(ColourRef.of_hex(name, srgb, 10.0) for name, srgb in COLOURS.items())
 COLOUR = {ref.name: ref for ref in REFS}
@@ -52,17 +54,10 @@ HD = (1640, 1232)
 SMALL = Layout(label_mm=16, colour=(20, 2, 6, 6), engraving=(20, 9, 6, 6))
 
 
-@lru_cache(maxsize=1)
-def _line():
-    return load_line(EXAMPLES / "line.toml")
-
-
 @cache
 def toolpath(product: str, text: str) -> tuple[Stroke, ...]:
     """The laser's strokes for `text` in `product`'s engraving area, as the laser station makes them."""
-    line = _line()
-    spec = line.products[product].engraving
-    return engrave(text, EngravingArea.of(spec), LaserMaterial.of(line.materials[spec.material])).strokes
+    return expected_strokes(LINE.products[product], {"text": text}, LINE)
 
 
 def expected_of(shot: Shot) -> Expected:
@@ -379,3 +374,7 @@ def test_thresholds_decide():
     strict = inspect(good_frame(), Expected(("T03",), ColourRef("red", COLOUR["red"].lab, 0.0)), STAND)
     assert (strict.verdict, strict.check) == ("reject", "colour")
     assert 0 < strict.values["delta_e"] < 2
+
+
+def test_the_rendered_colours_are_the_line_files_nominal_ones():
+    assert {name: colour.srgb for name, colour in LINE.colours.items()} == COLOURS

@@ -18,9 +18,9 @@ EXAMPLES = ROOT / "examples" / "line"
 
 
 def run_edge(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `edge` command line in a child process."""
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True,
+             cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `edge` command line in a child process (`input`: what is typed at it)."""
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, input=input,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd or ROOT)
 
 

@@ -35,8 +35,9 @@ SPREAD_FACTOR = 4.0  # the tolerance suggested is this many times the frames' ow
                 "put a reference part of that colour in a carrier tray under the camera and press Enter:\n"
                 "the command takes --frames frames, finds the tray's QR label in each, measures the body\n"
                 "colour (CIELAB, white-balanced on the label) where the line file's colour_region says,\n"
-                "and prints the mean, its spread and a suggested tolerance (ΔE*ab): at least 4 and 4x the\n"
-                "spread, at most half the distance to the nearest other colour. The values are merged\n"
+                "and prints the mean, its spread and a suggested tolerance (ΔE*ab): the line file's,\n"
+                "widened to 4x the spread on a noisy camera, at most half the distance to the nearest\n"
+                "other colour. The values are merged\n"
                 "into the calibration file (other colours kept) that the station reads at start.\n\n"
                 "Stop the node first (systemctl stop fabrique-edge): one process at a time has the camera.\n\n"
                 "examples:\n"
@@ -72,16 +73,24 @@ def calibrate(args: argparse.Namespace) -> int:
               f"{'it' if len(unknown) == 1 else 'them'} with a colour_region (colours: "
               f"{', '.join(sorted(regions)) or 'none'})", file=sys.stderr)
         return 2
+    from stations.inspection import camera_of
+
+    device = camera_of(options, {n: d.type for n, d in config.hardware.items()})
     measured: dict[str, dict[str, Any]] = {}
     for colour in colours:
-        camera = open_camera(config.hardware.get(options.camera), args.images, colour)
+        camera = open_camera(config.hardware.get(device), args.images, colour)
         if isinstance(camera, str):
             print(camera, file=sys.stderr)
             return 2
         try:
             if not args.yes and not args.images:
-                answer = input(f"Put a {colour} reference part in its tray under the camera, then Enter "
-                               f"(s Enter to skip): ")
+                try:
+                    answer = input(f"Put a {colour} reference part in its tray under the camera, then Enter "
+                                   f"(s Enter to skip): ")
+                except EOFError:
+                    print("\nno answer (end of input): nothing written; --yes measures without asking",
+                          file=sys.stderr)
+                    return 1
                 if answer.strip().lower() == "s":
                     continue
             result = measure_colour(camera, regions[colour], args.frames, colour)
@@ -98,7 +107,7 @@ def calibrate(args: argparse.Namespace) -> int:
     entries = {**previous, **measured}
     suggest(entries, line)
     print_table(entries, measured)
-    write(output, entries, options.camera)
+    write(output, entries, device)
     print(f"wrote {output} ({', '.join(sorted(measured))}); restart the node to use it")
     return 0
 
@@ -167,8 +176,9 @@ def measure_colour(camera: Any, layout: Any, frames: int, colour: str) -> dict[s
 
 
 def suggest(entries: dict[str, dict[str, Any]], line: LineConfig) -> None:
-    """Each colour's suggested tolerance: at least MIN_TOLERANCE and SPREAD_FACTOR x its spread,
-    at most half the distance to the nearest other colour (so no part can pass as two colours)."""
+    """Each colour's suggested tolerance: the line file's (what counts as this colour), widened to
+    SPREAD_FACTOR x the frames' spread on a noisy camera, at least MIN_TOLERANCE, and at most half
+    the distance to the nearest other colour (so no part can pass as two colours)."""
     from edge import vision
 
     refs = {name: entry["lab"] for name, entry in entries.items()}
@@ -177,7 +187,8 @@ def suggest(entries: dict[str, dict[str, Any]], line: LineConfig) -> None:
     for name, entry in entries.items():
         others = [(vision.delta_e(entry["lab"], lab), other) for other, lab in refs.items() if other != name]
         nearest, other = min(others) if others else (float("inf"), "")
-        wanted = max(MIN_TOLERANCE, SPREAD_FACTOR * float(entry.get("spread", 0)))
+        nominal = line.colours[name].tolerance if name in line.colours else MIN_TOLERANCE
+        wanted = max(MIN_TOLERANCE, nominal, SPREAD_FACTOR * float(entry.get("spread", 0)))
         entry["tolerance"] = round(min(wanted, nearest / 2), 1)
         entry["nearest"] = other
         entry["nearest_delta_e"] = round(nearest, 1) if others else None

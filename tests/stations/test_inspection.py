@@ -376,13 +376,26 @@ def test_calibrate_measures_each_colour_and_writes_tolerances_the_station_then_u
     doc = tomllib.loads((tmp_path / "cal.toml").read_text())
     red = doc["colours"]["red"]
     assert vision.delta_e(red["lab"], vision.hex_to_lab(LINE.colours["red"].srgb)) < 4
-    assert 4 <= red["tolerance"] <= red["nearest_delta_e"] / 2 and red["frames"] == 4
+    assert red["tolerance"] == min(12, red["nearest_delta_e"] / 2) and red["frames"] == 4  # the line file's 12
     assert load_calibration(tmp_path / "cal.toml")["blue"][1] == doc["colours"]["blue"]["tolerance"]
     # measuring one colour again keeps the other
     again = run_edge("inspection", "calibrate", "--config", str(station), "--images", str(tmp_path / "ref"),
                      "--colour", "blue", "--frames", "2", "--yes")
     assert again.returncode == 0, again.stderr
     assert set(tomllib.loads((tmp_path / "cal.toml").read_text())["colours"]) == {"red", "blue"}
+
+
+def test_calibrate_asks_for_each_colour_and_measures_the_stations_own_camera(tmp_path):
+    station = calibration_station(tmp_path)
+    image = render(layout=product_layout(STAND), label="T01", colour=LINE.colours["green"].srgb, strokes=None)
+    Image.fromarray(image).save(tmp_path / "frames" / "green.png")
+    skip_but_green = "".join("\n" if c == "green" else "s\n" for c in sorted(LINE.colours))
+    result = run_edge("inspection", "calibrate", "--config", str(station), "--frames", "2", input=skip_but_green)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("reference part in its tray under the camera") == len(LINE.colours)
+    assert set(tomllib.loads((tmp_path / "cal.toml").read_text())["colours"]) == {"green"}
+    cut = run_edge("inspection", "calibrate", "--config", str(station), "--colour", "red", input="")
+    assert cut.returncode == 1 and "no answer (end of input): nothing written" in cut.stderr
 
 
 def test_calibrate_says_what_is_wrong(tmp_path):

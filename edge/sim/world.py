@@ -225,6 +225,7 @@ class Lens:
 
         self.name = camera_of(options, {n: d.type for n, d in node.config.hardware.items()})
         self.looks: dict[str, dict[str, Any]] = {}  # job -> what its part looks like
+        self.seen = threading.Condition()
         self.defects: list[str] = []
         self.spoilt: dict[str, str] = {}  # job -> its part's defect
         self.random = random.Random(7)
@@ -272,16 +273,23 @@ class Lens:
                 strokes = expected_strokes(product, options, line, self.font)
             except ValueError:
                 strokes = None  # the laser refused it: nothing was burnt
-            self.looks[state.job] = {"layout": product_layout(product), "label": state.carrier or state.job,
-                                     "colour": line.colours[colour].srgb if colour in line.colours else colour,
-                                     "strokes": strokes, "others": sorted(line.colours)}
+            look = {"layout": product_layout(product), "label": state.carrier or state.job,
+                    "colour": line.colours[colour].srgb if colour in line.colours else colour,
+                    "strokes": strokes, "others": sorted(line.colours)}
+            with self.seen:
+                self.looks[state.job] = look
+                self.seen.notify_all()
 
     def frame(self, size: tuple[int, int]) -> Any:
         """On the capture's thread: the part being inspected, or an empty tray."""
         from edge.sim.parts import render
 
         looking = getattr(getattr(self.world.node.station, "machine", None), "looking", None)
-        look = self.looks.get(looking.job) if looking is not None else None
+        look = None
+        if looking is not None:  # a station that started on a tick may be ahead of the ledger event
+            with self.seen:  # the world reads on the loop: wait for it to see the part arrive
+                self.seen.wait_for(lambda: looking.job in self.looks, timeout=2.0)
+                look = self.looks.get(looking.job)
         self.frames += 1
         r = self.random
         scene: dict[str, Any] = {"angle_deg": r.uniform(-6, 6), "offset_mm": (r.uniform(-3, 3), r.uniform(-3, 3)),
@@ -310,7 +318,7 @@ class Lens:
         if frame_defect is not None:
             self.defects.remove(frame_defect)
             if frame_defect == "dark":
-                scene["light"] = 0.12
+                scene["light"] = 0.05  # the label's white near L* 20: "too dark"
             elif frame_defect == "blurred":
                 scene["blur"] = 1.5
             else:

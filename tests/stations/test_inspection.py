@@ -424,3 +424,59 @@ def test_measured_values_reach_the_ledger_as_plain_json():
     got = plain({"lab": (np.float32(42.5), 1, float("nan")), "n": np.int64(3), "ok": np.bool_(True),
                  "inf": float("inf"), "text": "T01"})
     assert got == {"lab": [42.5, 1, None], "n": 3, "ok": True, "inf": None, "text": "T01"}
+
+
+def test_the_simulated_world_shows_each_part_and_its_defects_to_the_camera(tmp_path, monkeypatch):
+    """`edge run --world`: the frames are rendered from the job at the station; a part without its
+    engraving goes back to the laser (the line file's redo), a dark frame is taken again."""
+    from trailer import running, wait_for
+
+    from edge.sim.world import World
+
+    node, _folder = inspection_node(tmp_path, monkeypatch)
+    world = World(node)
+    with running(node):
+        assert node.board.cameras["camera"].status()["source"] == "rendered"
+        world.defect("no_engraving")
+        node.post("test_arrive", {"job": "J1", "colour": "blue", "carrier": "T02"})
+        wait_for(lambda: (s := node.store.job("J1")) is not None and s.next_step == "laser", 30)
+        world.defect("dark")
+        node.post("test_arrive", {"job": "J2", "colour": "white", "carrier": "T03"})
+        wait_for(lambda: status(node, "J2", "inspection") == "done", 30)
+    j1 = node.store.job("J1")
+    assert j1.status == "in_progress" and j1.step("laser").status == "pending"
+    assert j1.step("laser").reason.startswith("redo: engraving: ")
+    [failed] = [e for e in node.store.job_events("J1") if e.type == "step_failed"]
+    assert failed.data["redo"] == "laser" and failed.data["check"] == "engraving"
+    retakes = [e.data for e in node.store.job_events("J2") if e.type == "step_progress" and "retake" in e.data]
+    assert len(retakes) == 1 and "too dark" in retakes[0]["reason"]
+    done = [e for e in node.store.job_events("J2") if e.type == "step_done"][-1]
+    assert done.data["values"]["label"] == "T03" and done.data["takes"] == 2
+
+
+def test_a_calibration_file_of_any_shape_loads_or_says_what_is_wrong(tmp_path):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    path = tmp_path / "cal.toml"
+    numbers = st.one_of(st.integers(-300, 300), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3))
+    entry = st.fixed_dictionaries({}, optional={"lab": st.lists(numbers, max_size=4), "tolerance": numbers})
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.one_of(st.text(max_size=60), st.dictionaries(st.sampled_from(["red", "blue"]), entry, max_size=2)))
+    def check(content):
+        import tomli_w
+
+        try:
+            path.write_text(content if isinstance(content, str) else tomli_w.dumps({"colours": content}))
+        except (ValueError, TypeError):
+            return  # not writable as TOML (NaN): nothing to load
+        try:
+            loaded = load_calibration(path)
+        except ValueError as exc:
+            assert str(exc).startswith(f"calibration {path}")
+            return
+        for lab, tolerance in loaded.values():
+            assert len(lab) == 3 and 0 < tolerance <= 100
+
+    check()

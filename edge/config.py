@@ -775,6 +775,11 @@ def advice(config: StationConfig, line: LineConfig | None) -> list[str]:
                    f"this node's events (print the line to add with `edge keys show --config FILE`)")
     if line is not None and line.id and node.line and line.id != node.line:
         out.append(f"[node] line {node.line!r} is not the line file's id {line.id!r}")
+    calibration = getattr(config.station.options, "calibration", None)
+    if config.station.kind == "inspection" and isinstance(calibration, Path) and not calibration.exists():
+        out.append(f"[station] calibration {calibration} does not exist yet: the inspection compares with the "
+                   f"line file's nominal colours until `edge inspection calibrate --config FILE` measures "
+                   f"them on this camera")
     return out
 
 

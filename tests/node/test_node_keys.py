@@ -56,11 +56,14 @@ def test_check_config_warns_about_a_user_name_that_is_not_the_node_id_and_an_unl
     assert "key_file" in done.stderr  # not made yet: told how
 
 
-def test_the_example_stations_check_without_warnings_but_the_key_file_to_make(tmp_path):
+def test_the_example_stations_check_without_warnings_but_the_files_a_technician_makes(tmp_path):
     done = run_edge("check-config", *[str(p) for p in sorted(EXAMPLES.glob("*.toml"))])
     assert done.returncode == 0, done.stderr
     warnings = [w for w in done.stderr.splitlines() if "warning" in w]
-    assert warnings and all("[node] key_file /etc/fabrique-edge/node.key" in w for w in warnings)
+    made = ("[node] key_file /etc/fabrique-edge/node.key", "[station] calibration /var/lib/fabrique-edge/")
+    assert warnings and all(any(m in w for m in made) for w in warnings), warnings
+    calibrate = [w for w in warnings if "calibration" in w]
+    assert len(calibrate) == 1 and "inspection.toml" in calibrate[0] and "edge inspection calibrate" in calibrate[0]
 
 
 def test_a_line_file_with_a_bad_node_key_names_the_node(tmp_path):

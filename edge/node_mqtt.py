@@ -78,13 +78,17 @@ class NodeMqtt:
 
     def _jobs_to_republish(self) -> None:
         """On connect: jobs changed here while offline (also before a restart: their events
-        are still in the outbox) are noted, to be published once the retained states are in."""
+        are still in the outbox) are noted, to be published once the retained states are in;
+        and every open job is checked again, for a broker that lost power restores the
+        retained states of its last save, older than what the line knows."""
         if self.node.store is not None:
             self.unpublished_jobs |= {e.job for e in self.node.store.outbox_peek(self.node.store.outbox_size())}
+            self.jobs_to_check |= {s.job for s in self.node.store.open_jobs()}
 
     def _republish_jobs(self) -> None:
         for job in sorted(self.unpublished_jobs):
             self.publish_job(job)
+        self.publish_unions()  # older retained than this node's view: its latest event's node says so
 
     def publish_unions(self) -> None:
         """The node of a job's latest event publishes the union once it holds it (one node,

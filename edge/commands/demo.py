@@ -44,6 +44,7 @@ class Dashboard:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.last: dict[str, str] = {}
+        self.events: dict[str, int] = {}  # job -> the most events a state of it shown had
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-dashboard", protocol=mqtt.MQTTv5)
@@ -65,7 +66,11 @@ class Dashboard:
         marks = {"done": "done", "running": "working", "pending": "-", "failed": "FAILED", "skipped": "skipped"}
         line = "  ".join(f"{s['step']}:{marks.get(s['status'], s['status'])}" for s in job.get("steps", []))
         text = f"  [dashboard] job {job['job']} {job['status']:<11} {line}"
+        events = job.get("events", 0)
         with self.lock:
+            if events < self.events.get(job["job"], 0):
+                return  # a broker that lost power restored an older retained state: not news
+            self.events[job["job"]] = events
             if self.last.get(job["job"]) != text:
                 self.last[job["job"]] = text
                 say(text)

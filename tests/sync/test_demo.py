@@ -59,6 +59,11 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
         shot = tmp_path / "line" / "inspection-1" / "data" / "files" / done.data["snapshot"]
         assert hashlib.sha256(shot.read_bytes()).hexdigest() == done.data["sha256"]
     assert "What the inspection camera saw of it: " in out
+    # the dashboard never shows a job going backwards, not even after the hub's power cut
+    for job in jobs:
+        shown = [line.split(f"job {job} ", 1)[1] for line in out.splitlines() if f"[dashboard] job {job} " in line]
+        done_steps = [{part.split(":")[0] for part in state.split()[1:] if part.endswith(":done")} for state in shown]
+        assert all(a <= b for a, b in zip(done_steps, done_steps[1:], strict=False)), shown
     operator = [e for e in events if e.type in ("override", "step_skipped", "cancelled") or e.data.get("manual")]
     assert operator == []  # no console command moved the line
     assert len({e.id for e in events}) == len(events)

@@ -292,6 +292,35 @@ def test_retained_job_state_never_goes_backwards(broker, line):
     assert all(a["events"] <= b["events"] for a, b in zip(states[first_done:], states[first_done + 1:], strict=False))
 
 
+def test_a_broker_that_lost_power_and_restored_an_old_retained_job_state_gets_the_newer_one_again(broker, line):
+    """The hub saved MONO2's state with the laser's step running, then lost power after the step
+    was done (acknowledged: nobody's outbox holds it): it comes back with the old state retained.
+    The node of the job's latest event publishes the newer one again; a dashboard never stays on
+    the old one."""
+    intake, laser = line["intake-1"], line["laser-1"]
+    connected(intake, laser)
+    intake.launch("MONO2")
+    wait_until(lambda: laser.status()["vector"].get(intake.origin) == 1, 30, "laser to know the job")
+    laser.command("step MONO2 started")
+    wait_until(lambda: intake.command("job MONO2")["steps"][1]["status"] == "running", 10, "intake to see it")
+    time.sleep(1.0)  # the retained state with the step running is in
+    broker.stop()  # a clean stop: the broker saves it
+    broker.start()
+    connected(intake, laser)
+    laser.command("step MONO2 done")
+    wait_until(lambda: laser.status()["outbox"] == 0 and intake.command("job MONO2")["steps"][1]["status"] == "done",
+               20, "the step done, acknowledged and known everywhere")
+    time.sleep(1.0)
+    broker.kill()  # power lost: the newer retained state was never saved
+    broker.start()
+    watch = dashboard(broker.people_port, (f"{LINE}/job/MONO2",))
+    try:
+        wait_until(lambda: (watch.json(f"{LINE}/job/MONO2") or {}).get("steps", [{}, {}])[1].get("status") == "done",
+                   30, "the newer state to be published again")
+    finally:
+        watch.close()
+
+
 # ---------------------------------------------------------------- 8: archive damage
 
 def test_records_lost_to_a_damaged_archive_come_back_from_peers(broker, line):

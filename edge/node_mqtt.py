@@ -63,6 +63,9 @@ class NodeMqtt:
         the job is remembered and published on reconnect."""
         if self.node.sync is None or self.node.store is None:
             return
+        if not self.node.store.in_hot_set(job):  # archived: its retained topic was cleared for good
+            self.unpublished_jobs.discard(job)
+            return
         state = self.node.store.job(job)
         if state is None or state.status == "unknown":
             return

@@ -359,6 +359,10 @@ class Store:
         archived = [Event.from_json(e) for _j, r in self.archive.records(job) for e in r.get("events", [])]
         return sorted(merge(archived, self._job_events(job)).values(), key=lambda e: e.key)
 
+    def in_hot_set(self, job: str) -> bool:
+        """Whether the job is in the hot set (open, or closed and not archived yet)."""
+        return job in self._by_job
+
     def open_jobs(self, include_closed: bool = False) -> list[JobState]:
         """States of the jobs in the hot set (closed ones too if asked), oldest first. Shared:
         read them, never change them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from mqttclient import TestClient
 
@@ -111,6 +112,26 @@ def test_an_archived_job_clears_its_retained_topic(broker, line):
     finally:
         late.close()
     assert pickup.command("job ARC1")["status"] == "completed"  # still readable from the archive
+
+
+def test_a_job_archived_before_the_broker_answered_leaves_no_retained_state(broker, line):
+    """The job was made, completed and archived while the hub did not answer: its events still
+    reach the broker, but its state is not published (its topic was cleared for good)."""
+    broker.pause()
+    pickup = line["pickup-1"]
+    pickup.notes("ARC9", 1)
+    pickup.command("complete ARC9")
+    assert pickup.command("archive") == ["ARC9"]
+    broker.resume()
+    wait_until(lambda: pickup.status()["mqtt"]["connected"] and pickup.status()["outbox"] == 0, 30, "drained")
+    time.sleep(1.5)  # past the moment a reconnected node republishes what changed offline
+    late = watcher(broker.people_port, "dashboard", "pw-dashboard")
+    try:
+        wait_until(lambda: late.on("fabrique/demo/node/pickup-1/status"), 10)
+        time.sleep(0.5)
+        assert late.on("fabrique/demo/job/ARC9") == []
+    finally:
+        late.close()
 
 
 def test_malformed_events_are_dropped_and_counted_and_the_node_lives_on(broker, line):

@@ -5,7 +5,9 @@ station files (examples/line/) on mock pins, with a simulated world behind the p
 on the belt break its beams, visitors open their lockers). Nobody types at a console: a
 visitor's QR code is scanned at intake, the line makes the stand by itself, the visitor scans
 the same code at pickup and takes it from the locker that opens. Halfway, the hub broker loses
-power and the stations carry on offline.
+power and the stations carry on offline. At the end the run is checked from the stations' own
+ledgers (edge.sim.report): every job completed or failed with a reason, no event lost, no step
+done twice, every ledger the same; `--json FILE` keeps that report. Exit 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Dashboard:
     arg("--visitors", type=int, default=1, choices=range(1, 13), metavar="N",
         help="how many visitors order a stand (1-12, default 1); more show the line's queue"),
     arg("--log-level", choices=("debug", "info", "warning"), default="info", help="the stations' log level"),
+    arg("--json", metavar="FILE", help="write the run's report (checked from the stations' ledgers) to FILE"),
     description=__doc__,
 )
 def demo(args: argparse.Namespace) -> int:
@@ -103,6 +106,7 @@ def demo(args: argparse.Namespace) -> int:
     nodes: dict[str, SimNode] = {}
     dashboard: Dashboard | None = None
     screens: Screens | None = None
+    began = time.monotonic()
     try:
         say(f"== The trailer's hub broker (systemd/mosquitto/hub.conf): nodes on :{broker.port}, "
             f"dashboards on :{broker.people_port}")
@@ -169,6 +173,17 @@ def demo(args: argparse.Namespace) -> int:
             same = "same" if states[kind] == states["pickup"] else "DIFFERENT"
             say(f"   {node.name:<13} events {sum(st['vector'].values()):>3}  job {states[kind]['status']:<9} ({same})")
         ok = all(s == states["pickup"] for s in states.values())
+        report = run_report(nodes, len(orders), time.monotonic() - began, {"broker": 1})
+        problems = report["problems"]
+        say(f"\n== The run, checked from the six ledgers: {report['jobs_total']} job(s), "
+            f"{report['jobs_completed']} completed, {report['jobs_failed']} failed, {report['lost_events']} "
+            f"event(s) lost, {report['duplicated_steps']} step(s) done twice, "
+            f"{'converged' if report['nodes_converged'] else 'NOT converged'}"
+            + "".join(f"\n   problem: {p}" for p in problems))
+        ok = ok and not problems
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+            say(f"The run's report: {args.json}")
         if args.keep:
             preview = nodes["laser"].data_dir / "files" / "jobs" / first / "laser-preview.png"
             say(f"\nThe laser's toolpath of order {first}: {preview}")
@@ -190,6 +205,24 @@ def demo(args: argparse.Namespace) -> int:
         broker.kill()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_report(nodes: dict[str, Any], launched: int, seconds: float, faults: dict[str, int]) -> dict[str, Any]:
+    """The run's report from every station's own ledger (read-only, while they run): see
+    edge.sim.report. `problems` lists what failed its checks."""
+    from edge.sim.report import checks, line_report
+    from edge.store import Store
+
+    ledgers = {}
+    for node in nodes.values():
+        store = Store.open(node.data_dir, readonly=True)
+        try:
+            ledgers[node.name] = list(store.events_since({}))
+        finally:
+            store.close()
+    report = line_report(ledgers)
+    return {**report, "visitors": launched, "faults_injected": faults, "duration_s": round(seconds, 1),
+            "problems": checks(report, expected_jobs=launched)}
 
 
 def visitor_order(i: int) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from a visitor's scan at intake to the locker at pickup, with nobody driving a c
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from trailer import run_edge
@@ -18,7 +19,8 @@ def store_carrier(events, job: str) -> str:
 
 
 def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_path):
-    result = run_edge("demo", "--visitors", "2", "--keep", str(tmp_path / "line"), timeout=300)
+    result = run_edge("demo", "--visitors", "2", "--keep", str(tmp_path / "line"), "--json", str(tmp_path / "r.json"),
+                      timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "refused, red light: bad_signature" in out
@@ -59,6 +61,12 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
         shot = tmp_path / "line" / "inspection-1" / "data" / "files" / done.data["snapshot"]
         assert hashlib.sha256(shot.read_bytes()).hexdigest() == done.data["sha256"]
     assert "What the inspection camera saw of it: " in out
+    # the run's report, from the six stations' ledgers
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["jobs_total"], report["jobs_completed"], report["jobs_failed"]) == (2, 2, 0)
+    assert report["lost_events"] == 0 and report["duplicated_steps"] == 0 and report["nodes_converged"] is True
+    assert report["problems"] == [] and report["faults_injected"] == {"broker": 1}
+    assert report["events"] == len(events) and report["latency_ms"]["handoff_p50"] > 0
     # the dashboard never shows a job going backwards, not even after the hub's power cut
     for job in jobs:
         shown = [line.split(f"job {job} ", 1)[1] for line in out.splitlines() if f"[dashboard] job {job} " in line]

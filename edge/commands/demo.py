@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -88,6 +89,8 @@ class Dashboard:
     arg("--visitors", type=int, default=1, choices=range(1, 13), metavar="N",
         help="how many visitors order a stand (1-12, default 1); more show the line's queue"),
     arg("--log-level", choices=("debug", "info", "warning"), default="info", help="the stations' log level"),
+    arg("--seed", type=int, metavar="S", help="draw the visitors' names and colours from this seed (default: "
+        "a random one, printed)"),
     arg("--json", metavar="FILE", help="write the run's report (checked from the stations' ledgers) to FILE"),
     description=__doc__,
 )
@@ -107,7 +110,9 @@ def demo(args: argparse.Namespace) -> int:
     dashboard: Dashboard | None = None
     screens: Screens | None = None
     began = time.monotonic()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     try:
+        say(f"== Visitors drawn with --seed {seed} (the same seed, the same visitors)")
         say(f"== The trailer's hub broker (systemd/mosquitto/hub.conf): nodes on :{broker.port}, "
             f"dashboards on :{broker.people_port}")
         broker.start()
@@ -123,9 +128,12 @@ def demo(args: argparse.Namespace) -> int:
         dashboard = Dashboard(broker.people_port, password_of("dashboard"))
         screens = Screens(list(nodes.values()))
 
-        orders = [visitor_order(i) for i in range(args.visitors)]
-        first, payload = orders[0]
-        say(f"\n== A visitor's app shows a QR code: order {first}, a red stand engraved 'Hello Lyon'")
+        rng = random.Random(seed)
+        visitors = [visitor_order(i, rng) for i in range(args.visitors)]
+        orders = [(job, code) for job, code, _options in visitors]
+        first, payload, options = visitors[0]
+        say(f"\n== A visitor's app shows a QR code: order {first}, a {options['colour']} stand engraved "
+            f"{options['text']!r}")
         say(qr_text(payload))
         say(f"   payload ({len(payload)} characters): {payload}")
         say("== Someone scans a tampered copy at intake:")
@@ -173,7 +181,7 @@ def demo(args: argparse.Namespace) -> int:
             same = "same" if states[kind] == states["pickup"] else "DIFFERENT"
             say(f"   {node.name:<13} events {sum(st['vector'].values()):>3}  job {states[kind]['status']:<9} ({same})")
         ok = all(s == states["pickup"] for s in states.values())
-        report = run_report(nodes, len(orders), time.monotonic() - began, {"broker": 1})
+        report = {"seed": seed, **run_report(nodes, len(orders), time.monotonic() - began, {"broker": 1})}
         problems = report["problems"]
         say(f"\n== The run, checked from the six ledgers: {report['jobs_total']} job(s), "
             f"{report['jobs_completed']} completed, {report['jobs_failed']} failed, {report['lost_events']} "
@@ -225,20 +233,23 @@ def run_report(nodes: dict[str, Any], launched: int, seconds: float, faults: dic
             "problems": checks(report, expected_jobs=launched)}
 
 
-def visitor_order(i: int) -> tuple[str, str]:
-    """The order id and signed QR payload of visitor `i` (the EXAMPLE order key)."""
+VISITORS = ("Zoé", "François", "Léa", "Noël", "Chloé", "Jérôme", "Maëlle", "Aurélien", "Hélène", "Benoît",
+            "Cécile", "Gaëtan", "Anaïs", "Loïc", "Ophélie", "Joël", "Béatrice", "Théo", "Inès", "Raphaël")
+COLOURS = ("red", "blue", "green", "white", "black")
+
+
+def visitor_order(i: int, rng: random.Random) -> tuple[str, str, dict[str, str]]:
+    """Visitor `i`'s order id, signed QR payload (the EXAMPLE order key) and options: a first
+    name to engrave (accents included, as phones type them) and a colour, drawn from `rng`."""
     from edge.orders import Order, private_key_from_pem, sign_order
     from edge.sim.line import EXAMPLE_ORDER_KEY
 
     key = private_key_from_pem(EXAMPLE_ORDER_KEY.read_bytes())
     now = int(time.time())
     order_id = f"V{now % 100000:05d}{chr(ord('A') + i)}"
-    texts = ["Hello Lyon", "Bonjour", "Merci", "Salut", "Ciao", "Hola", "Hej", "Ahoj", "Moin", "Servus",
-             "Hallo", "Hi"]
-    colours = ["red", "blue", "green", "white", "black"]
-    order = Order(order_id, "stand", {"colour": colours[i % len(colours)], "text": texts[i]}, issued_at=now,
-                  expires_at=now + 86400, key_id="example-1")
-    return order_id, sign_order(order, key)
+    options = {"colour": rng.choice(COLOURS), "text": rng.choice(VISITORS)}
+    order = Order(order_id, "stand", options, issued_at=now, expires_at=now + 86400, key_id="example-1")
+    return order_id, sign_order(order, key), options
 
 
 class Screens:

@@ -75,3 +75,47 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
     operator = [e for e in events if e.type in ("override", "step_skipped", "cancelled") or e.data.get("manual")]
     assert operator == []  # no console command moved the line
     assert len({e.id for e in events}) == len(events)
+
+
+def test_every_visitor_name_the_demo_draws_is_an_order_the_line_takes_and_the_laser_can_draw():
+    from trailer import EXAMPLES
+
+    from edge.commands.demo import VISITORS
+    from edge.config import load_line
+    from stations.inspection import expected_strokes
+
+    line = load_line(EXAMPLES / "line.toml")
+    stand = line.products["stand"]
+    charset = set(stand.options["text"].charset)
+    for name in VISITORS:
+        assert set(name) <= charset and len(name) <= stand.options["text"].max_length, name
+        assert expected_strokes(stand, {"text": name}, line), name  # engraved (raises if it cannot be)
+
+
+def test_the_demo_cameras_pass_every_visitor_stand_in_every_colour():
+    """What the simulated world shows the inspection (turned, shifted, a lamp that varies, noise)
+    passes for every name and colour the demo draws: a random seed never fails a good stand."""
+    import random
+
+    from trailer import EXAMPLES
+
+    from edge import vision
+    from edge.commands.demo import COLOURS, VISITORS
+    from edge.config import load_line
+    from edge.sim.parts import render
+    from stations.inspection import expected_strokes, product_layout
+
+    line = load_line(EXAMPLES / "line.toml")
+    stand = line.products["stand"]
+    layout = product_layout(stand)
+    refs = {n: vision.ColourRef.of_hex(n, c.srgb, c.tolerance) for n, c in line.colours.items()}
+    r = random.Random(3)
+    verdicts = []
+    for i, (name, colour) in enumerate((n, c) for n in VISITORS for c in COLOURS):
+        strokes = expected_strokes(stand, {"text": name}, line)
+        frame = render(layout=layout, label="T01", colour=line.colours[colour].srgb, strokes=strokes,
+                       angle_deg=r.uniform(-6, 6), offset_mm=(r.uniform(-3, 3), r.uniform(-3, 3)),
+                       light=r.uniform(0.9, 1.1), noise=2.0, seed=i)
+        finding = vision.inspect(frame, vision.Expected(("T01",), refs[colour], strokes, tuple(refs.values())), layout)
+        verdicts.append((name, colour, finding.verdict, finding.reason))
+    assert all(v == "pass" for _n, _c, v, _r in verdicts), [v for v in verdicts if v[2] != "pass"]

@@ -499,13 +499,9 @@ def next_session(data_dir: os.PathLike[str] | str) -> int:
 
 
 def write_session(data_dir: os.PathLike[str] | str, session: int) -> None:
-    path = os.path.join(data_dir, "session")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{session}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from edge.storage import write_atomic
+
+    write_atomic(os.path.join(data_dir, "session"), f"{session}\n".encode("ascii"))
 
 
 def start_error(exc: Exception) -> str:

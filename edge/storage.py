@@ -369,9 +369,12 @@ def _append_all_or_nothing(path: Path, blob: bytes, sync: bool) -> int:
     return start
 
 
-def _rewrite(path: Path, body: bytes) -> bool:
-    """Replace a file by `body` atomically (temp file, fsync, rename, fsync dir); False if it failed."""
-    tmp = path.with_name(path.name + ".tmp")
+def write_atomic(path: os.PathLike[str] | str, body: bytes, tmp_name: str | None = None) -> None:
+    """Replace a file by `body` whole or not at all: a temp file beside it (`tmp_name`, default
+    `<name>.tmp`), fsync, rename, fsync the folder. OSError if the disk refused; nothing is
+    left behind then."""
+    path = Path(path)
+    tmp = path.with_name(tmp_name or path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(body)
@@ -379,10 +382,18 @@ def _rewrite(path: Path, body: bytes) -> bool:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as exc:  # a full disk must not stop the boot: the bad lines stay, reads skip them
-        log.error("%s: could not rewrite it without its bad lines: %s", path, exc)
+    except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+def _rewrite(path: Path, body: bytes) -> bool:
+    """Replace a file by `body` atomically; False if it failed."""
+    try:
+        write_atomic(path, body)
+    except OSError as exc:  # a full disk must not stop the boot: the bad lines stay, reads skip them
+        log.error("%s: could not rewrite it without its bad lines: %s", path, exc)
         return False
     return True
 

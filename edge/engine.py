@@ -266,6 +266,7 @@ class Engine:
         self.flash: tuple[str, float, bool] | None = None
         self.lamps = dict(node.config.station.lights)
         self.blink = False
+        self.snapshots: Any = None  # edge.snapshots.Snapshots, made at the first Capture
         node.on("scan", lambda e: self.feed(Scan(e.data["device"], e.data["text"])))
         node.on("input", lambda e: self.feed(InputChanged(e.data["device"], bool(e.data["value"]))))
         node.on("safety", lambda e: self.feed(SafetyChanged(bool(e.data["tripped"]))))
@@ -382,7 +383,9 @@ class Engine:
         from edge.snapshots import Snapshots
 
         camera = self.node.board.cameras.get(action.device)
-        snapshots = Snapshots(Path(self.node.config.node.data_dir) / "files")
+        if self.snapshots is None:
+            self.snapshots = Snapshots(Path(self.node.config.node.data_dir) / "files")
+        snapshots = self.snapshots  # one capture at a time: the station waits for its Captured
         post = self.node.post
 
         def work() -> None:

@@ -19,6 +19,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from edge.storage import write_atomic
+
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 90
 SUFFIXES = (".jpg", ".jpeg")
@@ -39,10 +41,12 @@ def jpeg(frame: Any, quality: int = JPEG_QUALITY) -> bytes:
 
 
 class Snapshots:
-    """The snapshots under one node's files directory."""
+    """The snapshots under one node's files directory. What they take is counted once, then kept
+    up to date as snapshots are written, so a capture rescans the folder only when over budget."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.total: int | None = None  # bytes the snapshots take, once counted
 
     def save(self, job: str, images: Mapping[str, Any]) -> dict[str, str]:
         """Write each image as `jobs/<job>/<name>`; returns {relative path: sha256 of the JPEG}."""
@@ -56,12 +60,10 @@ class Snapshots:
                 raise ValueError(f"snapshot name {name!r} must be a plain .jpg file name")
             data = jpeg(frame)
             path = folder / name
-            tmp = path.with_name(f".{name}.tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            replaced = path.stat().st_size if path.exists() else 0
+            write_atomic(path, data, tmp_name=f".{name}.tmp")
+            if self.total is not None:
+                self.total += len(data) - replaced
             out[f"jobs/{job}/{name}"] = hashlib.sha256(data).hexdigest()
         return out
 
@@ -86,9 +88,11 @@ class Snapshots:
     def rotate(self, budget: int, keep: Collection[str]) -> list[Path]:
         """Remove snapshots of jobs not in `keep`, oldest first, until they all fit in `budget`
         bytes; returns what was removed."""
-        files = self.files()
-        total = sum(st.st_size for _job, _path, st in files)
         removed: list[Path] = []
+        if self.total is not None and self.total <= budget:
+            return removed
+        files = self.files()
+        total = self.total = sum(st.st_size for _job, _path, st in files)
         if total <= budget:
             return removed
         for _job, path, st in sorted((f for f in files if f[0] not in keep), key=lambda f: f[2].st_mtime):
@@ -97,6 +101,7 @@ class Snapshots:
             path.unlink(missing_ok=True)
             total -= st.st_size
             removed.append(path)
+        self.total = total
         if total > budget:
             log.warning("snapshots of open jobs alone take %d bytes, more than the %d-byte budget", total, budget)
         return removed

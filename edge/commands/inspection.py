@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import tomllib
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from edge.cli import arg, command, group
 from edge.config import ConfigError, HardwareConfig, LineConfig, load_line, load_station
+from edge.storage import write_atomic
 
 group("inspection", "the inspection camera: calibrate its colours")
 
@@ -209,13 +209,19 @@ def print_table(entries: dict[str, dict[str, Any]], measured: dict[str, Any]) ->
 
 
 def read_previous(path: Path) -> dict[str, dict[str, Any]]:
-    """The colours an earlier calibration measured (kept when only some are measured again)."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
+    """The colours an earlier calibration measured (kept when only some are measured again), as
+    the station reads them; a file it would refuse is measured anew in full."""
+    from stations.inspection import load_calibration
+
+    if not path.exists():
         return {}
-    colours = doc.get("colours", {})
-    return {k: dict(v) for k, v in colours.items() if isinstance(v, dict) and isinstance(v.get("lab"), list)}
+    try:
+        valid = load_calibration(path)
+    except ValueError as exc:
+        print(f"warning: {exc}: its colours are not kept", file=sys.stderr)
+        return {}
+    colours = tomllib.loads(path.read_text(encoding="utf-8"))["colours"]
+    return {name: dict(colours[name]) for name in valid}
 
 
 def write(path: Path, entries: dict[str, dict[str, Any]], camera: str) -> None:
@@ -228,9 +234,5 @@ def write(path: Path, entries: dict[str, dict[str, Any]], camera: str) -> None:
             f"# the ΔE*ab the station allows (edit it if you must; calibrating again replaces it).\n"
             + tomli_w.dumps(doc))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))
 

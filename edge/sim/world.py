@@ -249,6 +249,15 @@ class Lens:
         node.on("ledger_changed", lambda _e: self.refresh())
         self.refresh()
 
+    @property
+    def tray(self) -> Any:
+        """The layout of the line's first inspected product: what an empty tray is drawn with."""
+        from stations.inspection import product_layout
+
+        line = self.world.node.line
+        product = next(p for p in (line.products.values() if line else ()) if p.inspection is not None)
+        return product_layout(product)
+
     def describe(self) -> str:
         return f"a camera over the inspection tray ([hardware.{self.name}], frames rendered from the jobs)"
 
@@ -294,11 +303,8 @@ class Lens:
         r = self.random
         scene: dict[str, Any] = {"angle_deg": r.uniform(-6, 6), "offset_mm": (r.uniform(-3, 3), r.uniform(-3, 3)),
                                  "light": r.uniform(0.9, 1.1), "noise": 2.0, "seed": self.frames}
-        if look is None:
-            from edge.vision import Layout
-
-            return render(layout=Layout(16.0, (22, -4, 10, 28), (36, -2, 60, 20)), label="", colour="#6a6c70",
-                          strokes=None, size=size, **scene)
+        if look is None:  # an empty tray: no label, a grey pocket where a part would lie
+            return render(layout=self.tray, label="", colour="#6a6c70", strokes=None, size=size, **scene)
         job = looking.job
         if job not in self.spoilt:
             part = [d for d in self.defects if d in PART_DEFECTS]

@@ -8,8 +8,12 @@ import platform
 
 def pct(values: list[float], p: float) -> float:
     """The `p`th percentile of `values` (nearest rank), rounded to 3 decimals."""
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
+    from edge.sim.report import percentile
+
+    value = percentile(values, p, 3)
+    if value is None:
+        raise ValueError("no values to take a percentile of")
+    return value
 
 
 def machine() -> dict[str, object]:

@@ -476,15 +476,17 @@ def _peak(score: np.ndarray, i: int, j: int) -> tuple[float, float]:
     return di, dj
 
 
+def _gradient(gray: np.ndarray) -> np.ndarray:
+    """The gradient magnitude, grey levels a pixel (Sobel, normalised)."""
+    g = gray.astype(np.float32)
+    return cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8, cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8)
+
+
 def _steepness(gray: np.ndarray, contrast: float) -> float:
     """The 99th percentile of the gradient magnitude over the contrast (per pixel)."""
     if contrast <= 0 or min(gray.shape) < 3:
         return 0.0
-    g = gray.astype(np.float32)
-    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8
-    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8
-    magnitude = cv2.magnitude(gx, gy)[1:-1, 1:-1]
-    return float(np.percentile(magnitude, 99)) / contrast
+    return float(np.percentile(_gradient(gray)[1:-1, 1:-1], 99)) / contrast
 
 
 def frame_sharpness(frame: Any) -> float | None:
@@ -501,9 +503,7 @@ def frame_sharpness(frame: Any) -> float | None:
     lo, hi = np.percentile(gray, [1, 99])
     if hi - lo < 10:
         return None
-    g = gray.astype(np.float32)
-    magnitude = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8, cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8)
-    return float(np.percentile(magnitude, 99.8)) / float(hi - lo)
+    return float(np.percentile(_gradient(gray), 99.8)) / float(hi - lo)
 
 
 # ---------------------------------------------------------------- the measurements

@@ -25,11 +25,13 @@ from edge.ledger import Event, fold, merge
 DUPLICATE_CONFLICTS = ("step_repeated", "step_contention")
 
 
-def _pct(values: list[float], p: float) -> float | None:
+def percentile(values: list[float], p: float, digits: int = 1) -> float | None:
+    """The `p`th percentile of `values` (nearest rank), rounded; None when there are none. The
+    benchmarks' too (bench/report.py)."""
     if not values:
         return None
     ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 1)
+    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], digits)
 
 
 def line_report(ledgers: Mapping[str, Iterable[Event]]) -> dict[str, Any]:
@@ -79,8 +81,8 @@ def line_report(ledgers: Mapping[str, Iterable[Event]]) -> dict[str, Any]:
         "duplicated_steps": len(duplicated),
         "duplicates": duplicated,
         "nodes_converged": not missing,
-        "latency_ms": {"launch_to_start_p50": _pct(launch, 50), "launch_to_start_p99": _pct(launch, 99),
-                       "handoff_p50": _pct(handoff, 50), "handoff_p99": _pct(handoff, 99)},
+        "latency_ms": {"launch_to_start_p50": percentile(launch, 50), "launch_to_start_p99": percentile(launch, 99),
+                       "handoff_p50": percentile(handoff, 50), "handoff_p99": percentile(handoff, 99)},
     }
 
 

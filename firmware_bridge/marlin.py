@@ -194,6 +194,7 @@ class Marlin(TextDevice):
         sent_at_number: dict[int, int] = {}  # line number -> job index
         index, number = start, 1
         resends_of: dict[int, int] = {}
+        never_sent = -1  # the last request for a line never sent
         while index < len(job):
             if not job[index]:
                 index += 1
@@ -220,6 +221,21 @@ class Marlin(TextDevice):
             # a resend: go back to the line Marlin asks for (-1: the ok went missing, send it again)
             if asked == -1:
                 asked = number
+            elif asked not in sent_at_number and asked != number + 1:
+                if asked == never_sent:
+                    # asked twice: Marlin counts from elsewhere (the job's M110 was lost on the way,
+                    # its count is the last job's). It ran none of ours: set its count to ours.
+                    log.warning("%s: Marlin counts lines from N%d, not ours: M110 N%d", self.port_name,
+                                asked, number - 1)
+                    self._send_numbered(number - 1, f"M110 N{number - 1}")
+                    self._wait_ok_simple(self.answer_timeout)
+                else:
+                    # once: the request itself was garbled on the way (noise hits both directions).
+                    # Send this line again: numbered, Marlin runs it at most once.
+                    log.warning("%s: Marlin asked for line N%d, never sent: sending N%d again", self.port_name,
+                                asked, number)
+                never_sent = asked
+                asked = number
             report.resends += 1
             resends_of[asked] = resends_of.get(asked, 0) + 1
             if resends_of[asked] > self.max_resends:
@@ -231,13 +247,11 @@ class Marlin(TextDevice):
             if asked in sent_at_number:
                 number, index = asked, sent_at_number[asked]
                 report.position = index
-            elif asked == number + 1:  # it already has this one: a duplicate after a lost ok
+            else:  # N+1: it already has this one, a duplicate after a lost ok
                 report.lines += 1
                 index += 1
                 number += 1
                 report.position = index
-            else:
-                raise MarlinFault(f"{self.port_name}: Marlin asked for line N{asked}, never sent", report.position)
 
     # -- internals ----------------------------------------------------------------
     def _await_answer(self, position: int) -> tuple[str, int]:

@@ -13,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from firmware_bridge.marlin import checksum
 from firmware_bridge.sim.terminal import PtyDevice
 
 NUMBERED = re.compile(r"^N(-?\d+)\s*(.*?)(?:\*(\d+))?$")
@@ -80,14 +79,17 @@ class SimulatedMarlin(PtyDevice):
             self._pending += data
             while b"\n" in self._pending and self._long is None:
                 raw, _, self._pending = self._pending.partition(b"\n")
-                self._line(raw.decode("ascii", "replace").strip())
+                self._line(raw.decode("latin-1").strip())  # byte for byte: noise is checksummed as sent
 
     def _line(self, line: str) -> None:
         if not line:
             return
         match = NUMBERED.match(line)
         if match is None:
-            self._run(line, None)
+            if "*" in line:  # a checksum without a line number: the front of the line was lost
+                self._refuse("No Line Number with checksum")
+            else:
+                self._run(line, None)
             return
         number, command, given = int(match.group(1)), match.group(2).strip(), match.group(3)
         body = line[: line.rindex("*")] if given is not None else line
@@ -96,7 +98,7 @@ class SimulatedMarlin(PtyDevice):
             return
         damaged = number in self.faults.corrupt_always or number in self.faults.corrupt_once
         self.faults.corrupt_once.discard(number)
-        if damaged or checksum(body) != int(given):
+        if damaged or _xor(body) != int(given):
             self._refuse("checksum mismatch")
             return
         if command.startswith("M110"):
@@ -109,7 +111,7 @@ class SimulatedMarlin(PtyDevice):
         self.last_line = number
         self._run(command, number)
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str) -> None:  # as Marlin's gcode_line_error: the error, Resend, ok
         self.say(f"Error:{why}, Last Line: {self.last_line}", f"Resend: {self.last_line + 1}", "ok")
 
     def _run(self, command: str, number: int | None) -> None:
@@ -161,9 +163,20 @@ class SimulatedMarlin(PtyDevice):
                 if self.wait_interval and now - self._last_output > self.wait_interval:
                     self.say("wait")
 
-    def restart(self) -> None:
-        """A brown-out or someone pressing reset: line numbers forgotten, banner again."""
+    def restart(self, power_cut: bool = False) -> None:
+        """A brown-out or someone pressing reset: line numbers forgotten, banner again. After a
+        `power_cut` the heaters are off too (the bed cools from where it was)."""
         with self.lock:
             self.last_line = 0
             self._long = None
+            if power_cut:
+                self.hotend.target = self.bed.target = 0.0
             self.say("start")
+
+
+def _xor(text: str) -> int:
+    """The checksum of a received line, whatever bytes noise made of it (latin-1 is 1:1)."""
+    value = 0
+    for byte in text.encode("latin-1"):
+        value ^= byte
+    return value

@@ -41,12 +41,15 @@ class NoiseCounters:
 
 class _Direction:
     def __init__(self, noise: LineNoise, seed: int, baudrate: int | None) -> None:
-        self.noise = noise
         self.rng = random.Random(seed)
         self.counters = NoiseCounters()
         self.byte_time = 10.0 / baudrate if baudrate else 0.0
         self.line_free_at = 0.0
+        self.set(noise)
+
+    def set(self, noise: LineNoise) -> None:
         self.p_any_flip = 1.0 - (1.0 - noise.bit_error_rate) ** 8
+        self.noise = noise
 
     def damage(self, data: bytes) -> bytes:
         n = self.noise
@@ -117,6 +120,12 @@ class NoiseProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def crackle(self, noise: LineNoise | None = None) -> None:
+        """From now on damage both directions with `noise` (None: a clean line again), as a cable
+        next to a motor does while the motor runs."""
+        self.downstream.set(noise or LineNoise())
+        self.upstream.set(noise or LineNoise())
 
     def close(self) -> None:
         self._stop.set()

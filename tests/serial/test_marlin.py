@@ -135,3 +135,38 @@ def test_unplugged_printer_keeps_the_last_accepted_line(printer_sim: SimulatedMa
     position = gone.value.position
     assert 99 <= position <= len(printer_sim.executed)
     assert printer_sim.executed[:position] == job[:position]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_crackling_cable_loses_no_line_and_runs_none_twice(seed: int) -> None:
+    """Noise on both directions of the cable (flipped bits, lost and stray bytes), as in the demo's
+    serial chaos: garbled lines, oks and resend requests (even one naming a line never sent) are
+    all recovered, and the printer runs exactly the job."""
+    from firmware_bridge.sim.noise import LineNoise, NoiseProxy
+
+    job = print_job(300)
+    noise = LineNoise(bit_error_rate=2e-4, drop_rate=5e-4, inject_rate=5e-4)
+    with SimulatedMarlin(home_seconds=0.05, wait_interval=0.2) as sim, \
+            NoiseProxy(sim.port, to_device=noise, to_host=noise, seed=seed) as line:
+        printer = Marlin(line.port, answer_timeout=2.0)  # type: ignore[arg-type]
+        printer.open()
+        line.crackle(noise)
+        report = printer.stream(job)
+        printer.close()
+    damaged = line.downstream.counters, line.upstream.counters
+    assert sum(c.flipped_bits + c.dropped + c.injected for c in damaged) > 10  # the cable did crackle
+    assert report.resends > 0
+    assert sim.executed == job
+
+
+def test_a_lost_line_count_reset_is_set_right_and_nothing_runs_twice() -> None:
+    """The job's `M110 N0` is damaged on the way: Marlin still counts from the last job (N172) and
+    keeps asking for N173. The host sets Marlin's count to its own and the job runs once, whole."""
+    job = print_job(50)
+    with SimulatedMarlin(MarlinFaults(corrupt_once={0}), home_seconds=0.05) as sim:
+        sim.last_line = 172
+        printer = connect(sim)
+        report = printer.stream(job)
+        printer.close()
+    assert sim.executed[-len(job):] == job and sim.executed.count(job[0]) == 1
+    assert report.lines == len(job)

@@ -103,6 +103,8 @@ class Store:
         self.archive = Archive(self.data_dir / "archive", readonly)
         self.recovery: list[str] = list(self.archive.recovery)
         self.clock = HybridClock(node or "")
+        self._ahead: tuple[int, float] = (0, 0.0)  # the HLC reading ahead of our wall clock, and since when
+        self._ran_on = 0.0  # the time run on from it (ms)
         try:
             self._load(node)
         except ValueError:
@@ -391,8 +393,23 @@ class Store:
 
     def best_time_s(self) -> float:
         """Unix seconds, never below the latest HLC reading: pass this as `now` to verify_order,
-        so a Pi that boots in 1970 (no RTC) still refuses orders that expired before it stopped."""
-        return max(self.wall(), self.clock.last.wall_ms) / 1000
+        so a Pi that boots in 1970 (no RTC) still refuses orders that expired before it stopped.
+
+        While our wall clock is behind that reading (a Pi booted without an RTC, its peers ahead),
+        the time runs on from the reading as the seconds pass (monotonic), rather than standing
+        still until the wall clock catches up: the stations time their debounces and timeouts
+        with it."""
+        wall, last = self.wall(), self.clock.last.wall_ms
+        if last <= wall:
+            return wall / 1000
+        seen, since = self._ahead
+        if last != seen:
+            self._ahead = (last, time.monotonic())
+            ran_on = float(last)
+        else:
+            ran_on = last + (time.monotonic() - since) * 1000
+        self._ran_on = max(self._ran_on, ran_on)  # a newer reading a little behind it never turns time back
+        return max(wall, self._ran_on) / 1000
 
     # ------------------------------------------------------------ internals
 

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_kit import ROUTE, event
+from ledger_kit import NOW, ROUTE, event
 
 from edge.ledger import Event
 from edge.store import HOT_FILE, Store, StoreBusy
@@ -285,3 +285,29 @@ def test_an_append_the_disk_refuses_leaves_no_trace_and_frees_its_seq(tmp_path, 
     with Store.open(tmp_path, "intake-1") as store:
         assert [e.id for e in store.job_events("J1")] == [first.id, after.id]
         assert store.job("J1").notes == ["intake-1: space is back"]
+
+
+def test_a_clock_behind_its_peers_runs_on_from_what_it_has_seen(tmp_path):
+    """A Pi booted an hour behind (no RTC) whose peers are ahead: its time is the HLC reading it
+    was dragged to, and it keeps running from there as seconds pass, instead of standing still
+    until the wall clock catches up (stations time debounces and timeouts with it)."""
+    import time as _time
+
+    from edge.clock import Timestamp
+
+    wall = [NOW * 1000 - 3_600_000]
+    store = Store.open(tmp_path / "d", "laser-1", wall=lambda: wall[0])
+    try:
+        assert store.best_time_s() == wall[0] / 1000
+        store.clock.observe(Timestamp(NOW * 1000, 0, "pickup-1"), wall[0])  # clamped to wall + 60 s
+        first = store.best_time_s()
+        assert first == store.clock.last.wall_ms / 1000 > wall[0] / 1000
+        _time.sleep(0.3)
+        later = store.best_time_s()
+        assert 0.25 <= later - first < 5  # ran on with the seconds, the wall clock unchanged
+        store.clock.observe(Timestamp(NOW * 1000, 0, "pickup-1"), wall[0])  # the same reading again
+        assert store.best_time_s() >= later  # never back
+        wall[0] = NOW * 1000 + 10_000  # NTP: the wall clock is right again, past every reading
+        assert store.best_time_s() == wall[0] / 1000
+    finally:
+        store.close()

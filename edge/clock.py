@@ -11,6 +11,7 @@ Pure: the caller passes the wall time (`wall_ms`) in; nothing here reads a clock
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 #: A remote timestamp more than this far ahead of our wall clock is clamped (1 minute).
 DEFAULT_MAX_DRIFT_MS = 60_000
+WARN_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, order=True)
@@ -73,6 +75,7 @@ class HybridClock:
         self.max_drift_ms = max_drift_ms
         self._wall = last.wall_ms if last else 0
         self._counter = last.counter if last else 0
+        self._warned: dict[str, float] = {}  # remote node -> when its clamped clock was last told
 
     @property
     def last(self) -> Timestamp:
@@ -98,7 +101,11 @@ class HybridClock:
         clamped = remote_wall > limit
         ahead = remote_wall - wall_ms if clamped else 0
         if clamped:
-            log.warning("clock of node %s is %d ms ahead of ours; clamping its timestamp", remote.node, ahead)
+            now = time.monotonic()
+            if now - self._warned.get(remote.node, -WARN_EVERY_S) >= WARN_EVERY_S:  # not once per event
+                self._warned[remote.node] = now
+                log.warning("clock of node %s is %d ms ahead of ours; clamping its timestamps (told once a "
+                            "minute)", remote.node, ahead)
             remote_wall, remote_counter = limit, 0
         top = max(self._wall, remote_wall, wall_ms)
         if top == self._wall and top == remote_wall:

@@ -30,7 +30,7 @@ from edge.node_commands import NodeCommands
 from edge.node_mqtt import NodeMqtt
 from edge.nodekey import NodeKeyError, line_entry, load_or_create
 from edge.notify import SystemdNotifier
-from edge.store import Store, StoreBusy
+from edge.store import Store, StoreBusy, wall_ms
 
 log = logging.getLogger(__name__)
 IDLE, BUSY, FAULT, MANUAL, ESTOP, STARTING, STOPPED = (
@@ -76,6 +76,8 @@ class Node:
         self.running = False
         self.stop_reason = ""
         self.store: Store | None = None
+        # the wall clock (ms) the ledger stamps events with; the simulated world may set it back
+        self.wall: Callable[[], int] = wall_ms
         self.current_job: str | None = None
         self.sync: Any = None
         self.session = 0
@@ -142,7 +144,8 @@ class Node:
             self.board.faults["ledger"] = (f"this node's key is not listed for {node.id} in the line file "
                                            f"[nodes.keys]: peers refuse its events")
             log.error("%s; add: %s", self.board.faults["ledger"], line_entry(node.id, signer))
-        self.store = Store.open(node.data_dir, node.id, signer=signer, verifier=EventVerifier(keys))
+        self.store = Store.open(node.data_dir, node.id, wall=self.wall, signer=signer,
+                                verifier=EventVerifier(keys))
         for note in self.store.recovery:
             log.warning("store recovery: %s", note)
         log.info("ledger: origin %s (events %s:<seq>)", self.store.origin, self.store.origin)

@@ -24,6 +24,11 @@ log = logging.getLogger("edge.run")
     arg("--world", action="store_true",
         help="simulate the parts and people around a node on mock pins (the simulated line: carriers "
              "on the belt break its beams, visitors open released lockers)"),
+    arg("--speed", type=float, default=1.0, metavar="X",
+        help="with --world: the simulated world runs X times faster (belt, visitors; default 1)"),
+    arg("--clock-skew", type=float, default=0.0, metavar="SECONDS",
+        help="with --world: the node's wall clock is this many seconds off (negative: behind, as a Pi "
+             "without a real-time clock after a power cut)"),
     description="Start the node: reserve pins and ports, drive every output to its safe state,\n"
                 "load the station, then apply events until SIGTERM or SIGINT. On stop every\n"
                 "output is put in its declared safe state before the process exits 0.\n"
@@ -40,12 +45,18 @@ def run(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
         return 2 if exc.unreadable else 1
+    if (args.clock_skew or args.speed != 1.0) and not args.world:
+        print("edge run: --clock-skew and --speed change the simulated world; they need --world", file=sys.stderr)
+        return 2
+    if not 0.1 <= args.speed <= 20:
+        print(f"edge run: --speed {args.speed:g} is out of range (0.1 to 20)", file=sys.stderr)
+        return 2
     setup_logging(args.log_level or config.node.log_level, args.log_format)
     node = Node(config, line)
     if args.world:
         from edge.sim.world import World
 
-        World(node)
+        World(node, clock_skew_s=args.clock_skew, speed=args.speed)
     try:
         return node.run()
     except Exception as exc:

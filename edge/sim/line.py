@@ -138,13 +138,13 @@ class SimBroker:
 
     def __init__(self, workdir: Path, users: dict[str, str] | None = None,
                  people: dict[str, str] | None = None, extra: str = "", people_acl: str | None = None,
-                 nodes_acl: str | None = None):
+                 nodes_acl: str | None = None, people_port: int | None = None):
         if not (SHIPPED / "hub.conf").exists():
             raise FileNotFoundError(f"{SHIPPED / 'hub.conf'} not found: run from a fabrique-edge checkout")
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.people_port = free_port()
+        self.people_port = people_port or free_port()
         self.log = self.dir / "mosquitto.log"
         self.conf = self.dir / "mosquitto.conf"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -314,15 +314,16 @@ def example_station_text(kind: str, name: str, data_dir: Path, port: int, passwo
 SIM_TIME_SCALE = 0.05  # simulated machines run 20x faster than the real ones: a demo, not a day
 
 
-def simulated_machines(kind: str) -> dict[str, Any]:
-    """A started simulator on a pty for each G-code machine of examples/line/<kind>.toml."""
+def simulated_machines(kind: str, speed: float = 1.0) -> dict[str, Any]:
+    """A started simulator on a pty for each G-code machine of examples/line/<kind>.toml
+    (`speed` times faster than SIM_TIME_SCALE already makes them)."""
     doc = tomllib.loads((EXAMPLES / f"{kind}.toml").read_text())
     machines: dict[str, Any] = {}
     for device, spec in doc.get("hardware", {}).items():
         if spec.get("type") == "serial" and spec.get("protocol") == "grbl":
             from firmware_bridge.sim.grbl import SimulatedGrbl
 
-            machines[device] = SimulatedGrbl(time_scale=SIM_TIME_SCALE).start()
+            machines[device] = SimulatedGrbl(time_scale=SIM_TIME_SCALE / speed).start()
         elif spec.get("type") == "serial" and spec.get("protocol") == "marlin":
             from firmware_bridge.sim.marlin import SimulatedMarlin
 
@@ -334,14 +335,17 @@ class SimNode:
     """One `edge run` process of the simulated line, driven through its stdin console.
 
     `example=True` runs examples/line/<kind>.toml (see `example_station_text`), `world=True`
-    puts the simulated world behind its pins (`edge run --world`: the belt, the visitors)."""
+    puts the simulated world behind its pins (`edge run --world`: the belt, the visitors), `speed`
+    times faster. The example's G-code machines are simulators on ptys, each behind a noise proxy
+    (`lines`, clean until `crackle`d)."""
 
     def __init__(self, workdir: Path, name: str, port: int, kind: str = "transfer", keepalive: int = 2,
                  protocol: str = "5", password: str | None = None, mqtt_extra: str = "", hardware: str = "",
                  log_level: str = "info", line_file: Path | None = None, username: str | None = None,
-                 example: bool = False, world: bool = False):
+                 example: bool = False, world: bool = False, speed: float = 1.0):
         self.name = name
         self.world = world
+        self.speed = speed
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -357,10 +361,14 @@ class SimNode:
         self.line_file = line_file
         self.config = self.dir / "station.toml"
         self.machines: dict[str, Any] = {}  # simulated GRBL / Marlin behind the example's serial ports
+        self.lines: dict[str, Any] = {}  # a noise proxy on each machine's cable
         if example:
-            self.machines = simulated_machines(kind)
+            from firmware_bridge.sim.noise import NoiseProxy
+
+            self.machines = simulated_machines(kind, speed)
+            self.lines = {d: NoiseProxy(m.port, seed=len(d)).start() for d, m in self.machines.items()}
             self.config.write_text(example_station_text(kind, name, self.data_dir, port, pw, line_file, key, log_level,
-                                                        {d: m.port for d, m in self.machines.items()}))
+                                                        {d: p.port for d, p in self.lines.items()}))
         else:
             self.config.write_text(station_text(name, kind, self.data_dir, port, pw, keepalive, protocol, mqtt_extra,
                                                 hardware or SIM_HARDWARE.get(kind, ""), line_file=line_file,
@@ -376,17 +384,32 @@ class SimNode:
         self.replies: queue.Queue[str] = queue.Queue()
         self.lock = threading.Lock()
 
-    def start(self) -> SimNode:
+    def start(self, clock_skew_s: float = 0.0) -> SimNode:
+        return self.spawn(clock_skew_s).ready()
+
+    def spawn(self, clock_skew_s: float = 0.0) -> SimNode:
+        """Start the process (`ready()` waits for it to answer). `clock_skew_s`: its wall clock
+        is that far off (with `world`: a Pi without an RTC after a power cut)."""
         self.replies = queue.Queue()
+        world = ["--world", "--speed", f"{self.speed:g}"] if self.world else []
+        if clock_skew_s:
+            world += ["--clock-skew", f"{clock_skew_s:g}"]
         with open(self.log, "a") as logf:
             self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(self.config),
-                                          "--log-format", "text", *(["--world"] if self.world else [])], cwd=CHECKOUT, text=True, bufsize=1,
+                                          "--log-format", "text", *world], cwd=CHECKOUT, text=True, bufsize=1,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logf,
                                          env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
         threading.Thread(target=self._read, args=(self.proc, self.replies), daemon=True).start()
-        if self.command("ping") != "pong":
+        return self
+
+    def ready(self, timeout: float = 30) -> SimNode:
+        if self.command("ping", timeout) != "pong":
             raise RuntimeError(f"{self.name} did not answer; see {self.log}")
         return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     @staticmethod
     def _read(proc: subprocess.Popen[str], replies: queue.Queue[str]) -> None:
@@ -473,9 +496,20 @@ class SimNode:
             self.proc.wait(10)
             self.proc = None
 
+    def power_cut_machines(self) -> None:
+        """The node's machines lose power too: GRBL resets (its settings kept), Marlin reboots (its
+        heaters off)."""
+        for machine in self.machines.values():
+            if hasattr(machine, "restart"):
+                machine.restart(power_cut=True)
+            else:
+                machine.soft_reset()
+
     def close(self) -> None:
         """Stop the node and switch off its simulated machines."""
         self.stop()
+        for line in self.lines.values():
+            line.close()
         for machine in self.machines.values():
             machine.close()
 

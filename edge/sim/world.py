@@ -21,6 +21,8 @@ A node on mock pins drives outputs nobody sees and waits for inputs nobody chang
 The world only reads outputs and drives inputs, like the wiring it stands for; which carrier
 rides the belt is the one fact it takes from the transfer (physically, the one its gate let go).
 `jam()` makes the next carrier stick where it is (a fault to try the jam detection on).
+`speed` runs the world that many times faster (belt, visitors). `clock_skew_s` sets the node's wall clock off by that much (`edge run --world --clock-skew -3600`:
+a Pi without a real-time clock, booted after a power cut with the time it last saved).
 """
 
 from __future__ import annotations
@@ -49,8 +51,15 @@ FRAME_DEFECTS = ("dark", "blurred", "no_label")
 class World:
     """The simulated surroundings of one node, on a thread of their own once the pins exist."""
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, clock_skew_s: float = 0.0, speed: float = 1.0):
         self.node = node
+        self.scale = 1.0 / speed  # `speed` times faster: every delay of the world shorter
+        if clock_skew_s:  # a Pi with no RTC boots with its clock wherever it was last saved
+            from edge.store import wall_ms
+
+            skew_ms = int(clock_skew_s * 1000)
+            node.wall = lambda: wall_ms() + skew_ms
+            log.warning("simulated world: this node's wall clock is %+.0f s off (no RTC)", clock_skew_s)
         self.parts: list[Belt | Visitor | Lens] = []
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -136,7 +145,7 @@ class Belt:
         self.passed = 0
 
     def describe(self) -> str:
-        return f"a belt past {len(self.beams)} beams ({SEGMENT_S:g} s apart)"
+        return f"a belt past {len(self.beams)} beams ({SEGMENT_S * self.world.scale:g} s apart)"
 
     def step(self, now: float) -> None:
         for beam, until in list(self.pulses.items()):
@@ -155,7 +164,7 @@ class Belt:
             self.move, self.travelled = move, 0.0
             self.jammed, self.jam_next = self.jam_next, False
         self.travelled += dt
-        if self.jammed or self.travelled < SEGMENT_S:
+        if self.jammed or self.travelled < SEGMENT_S * self.world.scale:
             return
         self.travelled = 0.0
         job, at = self.where.get(move.carrier, ("", -1))
@@ -170,7 +179,7 @@ class Belt:
         self.where[move.carrier] = (move.job, at)
         beam = self.beams[at]
         self.passed += 1
-        self.pulses[beam] = now + PULSE_S
+        self.pulses[beam] = now + PULSE_S * self.world.scale
         self.world.set_input(beam, True)
 
 
@@ -193,7 +202,7 @@ class Visitor:
             plan = self.plans.get(spec.name)
             if plan is None:
                 if self.world.output(spec.lock):
-                    self.plans[spec.name] = ("open", now + VISITOR_S)
+                    self.plans[spec.name] = ("open", now + VISITOR_S * self.world.scale)
                 continue
             what, when = plan
             if now < when:
@@ -203,7 +212,7 @@ class Visitor:
                     del self.plans[spec.name]  # locked again before the visitor got there
                     continue
                 self.world.set_input(spec.door, False)
-                self.plans[spec.name] = ("shut", now + TAKE_S)
+                self.plans[spec.name] = ("shut", now + TAKE_S * self.world.scale)
             else:
                 self.world.set_input(spec.door, True)
                 self.collected += 1

@@ -10,7 +10,7 @@ APT_PACKAGES := mosquitto mosquitto-clients gcc-avr avr-libc simavr libsimavr-de
 .PHONY: demo test lint bench system-deps venv firmware clean help
 
 help:
-	@echo "make demo     run the simulated trailer line (broker, six stations, a visitor's order)"
+	@echo "make demo     a short day at the simulated trailer: 12 visitors, one fault of each kind"
 	@echo "make test     install what is missing, build the firmware, run the test suite"
 	@echo "make lint     ruff over the tree"
 	@echo "make bench    run the benchmarks in bench/ (JSON on stdout)"
@@ -43,7 +43,7 @@ firmware: system-deps
 	@if [ -f firmware_bridge/firmware/Makefile ]; then $(MAKE) -s -C firmware_bridge/firmware; fi
 
 demo: system-deps venv
-	$(BIN)/edge demo
+	$(BIN)/edge demo --visitors 12 --chaos all
 
 test: system-deps venv firmware
 	$(BIN)/python -m pytest

@@ -26,6 +26,7 @@ setup(
         "pillow>=10",
         "numpy>=1.24",  # camera frames are arrays (edge.hw.camera, edge.vision)
         "opencv-python-headless>=4.6",  # inspection: colour, geometry, V4L2 cameras (edge.vision)
+        "rich>=13",  # edge demo's live view of the line (edge.sim.view)
         "Hershey-Fonts>=2.1",  # the laser's single-stroke font (firmware_bridge.engrave)
         "tomli-w>=1.0",  # the simulated line writes station files
     ],

@@ -1,13 +1,29 @@
-"""`edge demo`: the simulated trailer line, end to end, on this machine.
+"""`edge demo`: a day at the simulated trailer, end to end, on this machine.
 
 A real mosquitto runs the shipped hub config; six `edge run` processes run the example
 station files (examples/line/) on mock pins, with a simulated world behind the pins (carriers
-on the belt break its beams, visitors open their lockers). Nobody types at a console: a
-visitor's QR code is scanned at intake, the line makes the stand by itself, the visitor scans
-the same code at pickup and takes it from the locker that opens. Halfway, the hub broker loses
-power and the stations carry on offline. At the end the run is checked from the stations' own
-ledgers (edge.sim.report): every job completed or failed with a reason, no event lost, no step
-done twice, every ledger the same; `--json FILE` keeps that report. Exit 1 when a check fails.
+on the belt break its beams, visitors open their lockers, the inspection camera sees the part)
+and the laser and printer are simulated GRBL and Marlin controllers on pseudo-terminals.
+Nobody drives a console: visitors arrive at seeded moments and scan their QR code at the
+intake, the line makes each stand by itself, and the visitor scans the code again at the
+pickup and takes the stand from the locker that opens. Only the operator steps in, to `retry`
+a machine a fault left stuck.
+
+--chaos injects faults, each once at a seeded moment while parts are on the line:
+  broker  the hub's mosquitto frozen (SIGSTOP) or killed, then back
+  node    one station killed (kill -9) and restarted, as systemd does
+  power   the whole trailer loses power: broker, stations and their machines, then boots
+  clock   a station loses power and boots an hour behind (a Pi has no real-time clock)
+  serial  noise on the printer's serial cable for a few seconds
+
+At the end the run is checked from the stations' own ledgers (edge.sim.report): every job
+completed or failed with a reason, no event lost, no step done twice, every ledger the same;
+`--json FILE` keeps that report. Exit 1 when a check fails, 2 for bad arguments.
+
+examples:
+  edge demo                                      one visitor, no faults
+  edge demo --visitors 12 --chaos all            a short day with one of each fault (make demo)
+  edge demo --visitors 30 --chaos broker,node,serial,power,clock --json r.json --seed 7
 """
 
 from __future__ import annotations
@@ -17,66 +33,43 @@ import io
 import json
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edge.cli import arg, command
+from edge.sim.day import CHAOS_KINDS
 
 STATIONS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
 
 
-_SAY = threading.Lock()
-
-
-def say(text: str = "") -> None:
-    """One line to the terminal; the dashboard's thread prints too, so lines must not interleave."""
-    with _SAY:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-
-
 class Dashboard:
-    """What an operator's screen would show: job states as they change, from retained topics."""
+    """A plain MQTT client on the people's listener, as MQTT Explorer would be: every retained
+    job state it gets goes to `on_job` (the live view)."""
 
-    def __init__(self, port: int, password: str):
+    def __init__(self, port: int, password: str, on_job: Callable[[dict[str, Any]], None]):
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        self.last: dict[str, str] = {}
-        self.events: dict[str, int] = {}  # job -> the most events a state of it shown had
-        self.lock = threading.Lock()
-        self.ready = threading.Event()
+        self.on_job = on_job
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-dashboard", protocol=mqtt.MQTTv5)
         self.client.username_pw_set("dashboard", password)
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe("fabrique/demo/job/#", qos=1),
-                                                         self.ready.set())
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("fabrique/demo/job/#", qos=1)
         self.client.on_message = self._message
-        self.client.connect("127.0.0.1", port)
+        self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
-        self.ready.wait(10)
 
     def _message(self, _c: Any, _u: Any, msg: Any) -> None:
-        if not msg.payload:
-            return
         try:
-            job = json.loads(msg.payload)
+            job = json.loads(msg.payload) if msg.payload else None
         except ValueError:
             return
-        marks = {"done": "done", "running": "working", "pending": "-", "failed": "FAILED", "skipped": "skipped"}
-        line = "  ".join(f"{s['step']}:{marks.get(s['status'], s['status'])}" for s in job.get("steps", []))
-        text = f"  [dashboard] job {job['job']} {job['status']:<11} {line}"
-        events = job.get("events", 0)
-        with self.lock:
-            if events < self.events.get(job["job"], 0):
-                return  # a broker that lost power restored an older retained state: not news
-            self.events[job["job"]] = events
-            if self.last.get(job["job"]) != text:
-                self.last[job["job"]] = text
-                say(text)
+        if isinstance(job, dict) and "job" in job:
+            self.on_job(job)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -84,19 +77,34 @@ class Dashboard:
 
 
 @command(
-    "demo", "run the simulated trailer line: broker, six stations, visitors and their QR codes",
-    arg("--keep", metavar="DIR", help="keep the line's files (logs, ledgers, station files) in DIR"),
-    arg("--visitors", type=int, default=1, choices=range(1, 13), metavar="N",
-        help="how many visitors order a stand (1-12, default 1); more show the line's queue"),
-    arg("--log-level", choices=("debug", "info", "warning"), default="info", help="the stations' log level"),
-    arg("--seed", type=int, metavar="S", help="draw the visitors' names and colours from this seed (default: "
-        "a random one, printed)"),
+    "demo", "a day at the simulated trailer: broker, six stations, visitors, faults on demand, a checked report",
+    arg("--visitors", type=int, default=1, metavar="N",
+        help="how many visitors order a stand (1-200, default 1); past 12 they queue for carriers"),
+    arg("--speed", type=float, default=1.0, metavar="X",
+        help="run the day X times faster: visitors' arrivals, belt, lockers, laser, outages (0.25-8, default 1)"),
+    arg("--chaos", default="", metavar="KINDS",
+        help="faults to inject, each once at a seeded moment, comma-separated: " + ", ".join(CHAOS_KINDS)
+        + " (or `all`)"),
+    arg("--seed", type=int, metavar="S", help="draw visitors, arrivals and fault moments from this seed (default: "
+        "a random one, printed; the same seed, the same day)"),
+    arg("--mqtt-port", type=int, metavar="P", help="the broker's port for dashboards (MQTT Explorer, Home "
+        "Assistant); default a free one, printed"),
     arg("--json", metavar="FILE", help="write the run's report (checked from the stations' ledgers) to FILE"),
+    arg("--keep", metavar="DIR", help="keep the line's files (logs, ledgers, station files) in DIR"),
+    arg("--log-level", choices=("debug", "info", "warning"), default="info", help="the stations' log level"),
     description=__doc__,
 )
 def demo(args: argparse.Namespace) -> int:
-    from edge.sim.line import SimBroker, SimNode, converged, password_of, wait_until
+    from edge.sim.day import Day, expected_day_s, make_visitors, plan_chaos
+    from edge.sim.line import SimBroker, SimNode, password_of, wait_until
+    from edge.sim.view import LineView
 
+    chaos = _chaos_kinds(args.chaos)
+    problem = (chaos if isinstance(chaos, str) else None) or _bad_numbers(args)
+    if problem:
+        print(f"edge demo: {problem}", file=sys.stderr)
+        return 2
+    assert not isinstance(chaos, str)
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         print("edge demo: mosquitto is not installed (apt-get install mosquitto, or run `make demo`)",
               file=sys.stderr)
@@ -104,108 +112,110 @@ def demo(args: argparse.Namespace) -> int:
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fabrique-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     names = [f"{kind}-1" for kind in STATIONS]
-    broker = SimBroker(workdir / "hub", users={n: password_of(n) for n in names},
-                       people={"dashboard": password_of("dashboard")})
+    try:
+        broker = SimBroker(workdir / "hub", users={n: password_of(n) for n in names},
+                           people={"dashboard": password_of("dashboard")}, people_port=args.mqtt_port)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"edge demo: cannot set up the broker: {exc}", file=sys.stderr)
+        return 1
     nodes: dict[str, SimNode] = {}
     dashboard: Dashboard | None = None
-    screens: Screens | None = None
+    view = LineView(names)
     began = time.monotonic()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     try:
-        say(f"== Visitors drawn with --seed {seed} (the same seed, the same visitors)")
-        say(f"== The trailer's hub broker (systemd/mosquitto/hub.conf): nodes on :{broker.port}, "
-            f"dashboards on :{broker.people_port}")
+        view.say(f"== A day at the trailer: {args.visitors} visitor(s), --seed {seed} (the same seed, the same day)"
+                 f", --speed {args.speed:g}, chaos: {', '.join(chaos) or 'none'}")
         broker.start()
+        view.say(f"== The hub broker (systemd/mosquitto/hub.conf): stations on 127.0.0.1:{broker.port}; watch the "
+                 f"line with MQTT Explorer or Home Assistant on 127.0.0.1:{broker.people_port}, user dashboard, "
+                 f"password {password_of('dashboard')} (a throwaway demo account), topics fabrique/demo/#")
         for kind, name in zip(STATIONS, names, strict=True):
             nodes[kind] = SimNode(workdir, name, broker.port, kind=kind, example=True, world=True,
-                                  log_level=args.log_level).start()
+                                  log_level=args.log_level, speed=args.speed)
+        for node in nodes.values():
+            node.spawn()
+        for node in nodes.values():
+            node.ready(60)
         wait_until(lambda: all(n.status()["mqtt"]["connected"] for n in nodes.values()), 30, "stations online")
-        say("== Six stations from examples/line/*.toml, on mock pins with a simulated world behind them:")
+        view.say("== Six stations from examples/line/*.toml, on mock pins with a simulated world behind them:")
         for node in nodes.values():
             st = node.status()
             outputs = [d for d, v in st["devices"].items() if v["type"] == "digital_output"]
-            say(f"   {node.name:<13} {st['state']:<6} outputs safe: {', '.join(outputs) or '-'}")
-        dashboard = Dashboard(broker.people_port, password_of("dashboard"))
-        screens = Screens(list(nodes.values()))
+            view.say(f"   {node.name:<13} {st['state']:<6} outputs safe: {', '.join(outputs) or '-'}")
+        dashboard = Dashboard(broker.people_port, password_of("dashboard"), view.job)
 
         rng = random.Random(seed)
-        visitors = [visitor_order(i, rng) for i in range(args.visitors)]
-        orders = [(job, code) for job, code, _options in visitors]
-        first, payload, options = visitors[0]
-        say(f"\n== A visitor's app shows a QR code: order {first}, a {options['colour']} stand engraved "
-            f"{options['text']!r}")
-        say(qr_text(payload))
-        say(f"   payload ({len(payload)} characters): {payload}")
-        say("== Someone scans a tampered copy at intake:")
-        nodes["intake"].scan(payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1])
+        visitors = make_visitors(args.visitors, rng, args.speed)
+        arrivals = visitors[-1].arrives_s
+        faults = plan_chaos(chaos, rng, 3 / args.speed, 0.7 * expected_day_s(len(visitors), args.speed), list(nodes))
+        first = visitors[0]
+        view.say(f"\n== {first.name}'s app shows a QR code: order {first.job}, a {first.colour} stand engraved "
+                 f"{first.text!r}")
+        view.say(qr_text(first.payload))
+        view.say(f"   payload ({len(first.payload)} characters): {first.payload}")
+        view.say("== Someone scans a tampered copy at intake:")
+        nodes["intake"].scan(first.payload[:-2] + ("A" if first.payload[-2] != "A" else "B") + first.payload[-1])
         refused = wait_until(lambda: _last_scan(nodes["intake"], lambda s: not s.get("ok")), 30, "the refusal")
-        say(f"   refused, red light: {refused.get('reason')}")
-        say("== The visitor scans the real code at intake; nobody touches a console from here on:")
-        for job, code in orders:
-            nodes["intake"].scan(code)
-            wait_until(lambda job=job: _last_scan(nodes["intake"], lambda s, j=job: s.get("job") == j), 30,
-                       f"intake to launch {job}")
-        wait_until(lambda: _step(nodes["pickup"], first, "laser") == "running", 60, "the laser to start")
-        nodes["pickup"].scan(payload)
-        say("== The visitor is impatient and scans the code at pickup already:")
-        answer = wait_until(lambda: _last_scan(nodes["pickup"], lambda s: s.get("reason") == "not_ready"), 30,
-                            "the pickup's answer")
-        say(f"   pickup-1 answers: {nodes['pickup'].status()['station']['message']['text']} ({answer['job']})")
-        printer = nodes["printer"]
-        wait_until(lambda: _step(printer, first, "printer") == "running", 60, "the printer to start")
-        say("\n== The hub Pi loses power: the broker is gone. The printer works on, offline.")
-        broker.kill()
-        wait_until(lambda: _step(printer, first, "printer") == "done", 60, "the printer to finish")
-        say(f"   printer-1 outbox: {printer.status()['outbox']} event(s) kept on disk, waiting")
-        say("== Power is back: the broker restarts, the outbox drains, the line moves on.")
-        broker.start()
-        wait_until(lambda: printer.status()["outbox"] == 0, 30, "the printer's outbox to drain")
-        for job, code in orders:
-            wait_until(lambda job=job: _step(nodes["pickup"], job, "pickup") == "running", 120,
-                       f"job {job} to reach a locker")
-            say(f"== The visitor of order {job} scans the same QR code at pickup:")
-            nodes["pickup"].scan(code)
-            wait_until(lambda job=job: _status(nodes["pickup"], job) == "completed", 60,
-                       f"the visitor to take the stand of {job}")
-            say(f"   job {job} completed: the visitor took the stand and shut the locker")
-        # what each station recorded itself is what every station must end up holding
-        screens.close()
-        origins = {n.name: n.origin for n in nodes.values()}
-        expected = {origins[n.name]: n.status()["vector"].get(origins[n.name], 0) for n in nodes.values()}
-        expected = {o: v for o, v in expected.items() if v}
-        wait_until(converged(list(nodes.values()), expected), 30, "every station to agree")
-        say("\n== Every station holds the same ledger and the same job state:")
-        states = {kind: node.command(f"job {first}") for kind, node in nodes.items()}
-        for kind, node in nodes.items():
-            st = node.status()
-            same = "same" if states[kind] == states["pickup"] else "DIFFERENT"
-            say(f"   {node.name:<13} events {sum(st['vector'].values()):>3}  job {states[kind]['status']:<9} ({same})")
-        ok = all(s == states["pickup"] for s in states.values())
-        report = {"seed": seed, **run_report(nodes, len(orders), time.monotonic() - began, {"broker": 1})}
+        view.say(f"   refused, red light: {refused.get('reason')}")
+        if len(visitors) > 1:
+            view.say(f"== {len(visitors)} visitors arrive over {arrivals:.0f} s; nobody touches a console but the "
+                     "operator, to clear a stuck machine")
+        for fault in faults:
+            view.say(f"   chaos planned: {fault.kind}{' ' + fault.target if fault.target else ''} at +{fault.at_s:.0f} s")
+        view.start()
+        day = Day(broker, nodes, visitors, faults, view, args.speed, rng)
+        try:
+            day.run(timeout_s=180 + (arrivals + 25 * len(visitors)) / min(args.speed, 1.0) + 60 * len(faults))
+        finally:
+            view.close()
+        for v in visitors:
+            if v.outcome != "completed":
+                view.say(f"   {v.name} ({v.job}): {v.outcome}")
+        view.say(f"\n== The day is over: {sum(v.outcome == 'completed' for v in visitors)} of {len(visitors)} "
+                 f"visitor(s) took their stand home. Waiting for every station to hold the same ledger...")
+        vectors = wait_until(lambda: _agreed(nodes), 90, "every station to agree")
+        dashboard.close()
+        dashboard = None
+        view.say(f"== Every station holds the same ledger: {sum(vectors.values())} events from {len(vectors)} "
+                 f"origin(s), nothing left to send")
+        report = {"seed": seed, "speed": args.speed,
+                  **run_report(nodes, len(visitors), time.monotonic() - began, day.injected)}
+        report["chaos_planned"] = [{"kind": f.kind, "target": f.target, "at_s": f.at_s, "done": f.done} for f in faults]
+        report["operator_actions"] = day.operator_actions
         problems = report["problems"]
-        say(f"\n== The run, checked from the six ledgers: {report['jobs_total']} job(s), "
-            f"{report['jobs_completed']} completed, {report['jobs_failed']} failed, {report['lost_events']} "
-            f"event(s) lost, {report['duplicated_steps']} step(s) done twice, "
-            f"{'converged' if report['nodes_converged'] else 'NOT converged'}"
-            + "".join(f"\n   problem: {p}" for p in problems))
-        ok = ok and not problems
+        problems += [f"chaos {kind} planned but not injected" for kind in chaos if kind not in day.injected]
+        problems += [f"chaos failed: {e}" for e in day.chaos_errors]
+        view.say(f"\n== The run, checked from the six ledgers: {report['jobs_total']} job(s), "
+                 f"{report['jobs_completed']} completed, {report['jobs_failed']} failed, {report['lost_events']} "
+                 f"event(s) lost, {report['duplicated_steps']} step(s) done twice, "
+                 f"{'converged' if report['nodes_converged'] else 'NOT converged'}; faults: "
+                 + (", ".join(f"{k} {n}" for k, n in sorted(day.injected.items())) or "none")
+                 + "".join(f"\n   problem: {p}" for p in problems))
+        for failed in report["failed"]:
+            view.say(f"   failed: {failed['job']} at {failed['step'] or '-'}: {failed['reason']}")
+        lat = report["latency_ms"]
+        view.say(f"   scan to first machine p50 {lat['scan_to_start_p50']} ms, p99 {lat['scan_to_start_p99']} ms; "
+                 f"hand-off between stations p50 {lat['handoff_p50']} ms, p99 {lat['handoff_p99']} ms; "
+                 f"{report['duration_s']} s")
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-            say(f"The run's report: {args.json}")
+            view.say(f"The run's report: {args.json}")
         if args.keep:
-            preview = nodes["laser"].data_dir / "files" / "jobs" / first / "laser-preview.png"
-            say(f"\nThe laser's toolpath of order {first}: {preview}")
-            shots = sorted((nodes["inspection"].data_dir / "files" / "jobs" / first).glob("inspection-*-annotated.jpg"))
+            preview = nodes["laser"].data_dir / "files" / "jobs" / first.job / "laser-preview.png"
+            view.say(f"\nThe laser's toolpath of order {first.job}: {preview}")
+            shots = sorted((nodes["inspection"].data_dir / "files" / "jobs" / first.job).glob(
+                "inspection-*-annotated.jpg"))
             if shots:
-                say(f"What the inspection camera saw of it: {shots[-1]}")
-            say(f"Files of this run (logs, ledgers, station files, broker config): {workdir}")
-        return 0 if ok else 1
+                view.say(f"What the inspection camera saw of it: {shots[-1]}")
+            view.say(f"Files of this run (logs, ledgers, station files, broker config): {workdir}")
+        return 1 if problems else 0
     except (RuntimeError, AssertionError, OSError) as exc:
+        view.close()
         print(f"edge demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        if screens is not None:
-            screens.close()
+        view.close()
         if dashboard is not None:
             dashboard.close()
         for node in nodes.values():
@@ -213,6 +223,47 @@ def demo(args: argparse.Namespace) -> int:
         broker.kill()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _chaos_kinds(text: str) -> list[str] | str:
+    """The kinds of `--chaos`, or what is wrong with it."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    if kinds == ["all"]:
+        return list(CHAOS_KINDS)
+    unknown = [k for k in kinds if k not in CHAOS_KINDS]
+    if unknown:
+        return f"--chaos: {', '.join(unknown)} is not a fault kind (kinds: {', '.join(CHAOS_KINDS)}, or all)"
+    return list(dict.fromkeys(kinds))
+
+
+def _bad_numbers(args: argparse.Namespace) -> str | None:
+    if not 1 <= args.visitors <= 200:
+        return f"--visitors {args.visitors}: from 1 to 200"
+    if not 0.25 <= args.speed <= 8:
+        return f"--speed {args.speed:g}: from 0.25 to 8"
+    if args.mqtt_port is not None and not 1 <= args.mqtt_port <= 65535:
+        return f"--mqtt-port {args.mqtt_port}: not a TCP port"
+    if args.mqtt_port is not None:
+        import socket
+
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", args.mqtt_port))
+            except OSError as exc:
+                return f"--mqtt-port {args.mqtt_port}: cannot listen there ({exc.strerror}); pick another"
+    return None
+
+
+def _agreed(nodes: dict[str, Any]) -> dict[str, int] | None:
+    """Every station's version vector, once they are all the same and nothing waits to be sent."""
+    try:
+        statuses = [n.status() for n in nodes.values()]
+    except RuntimeError:
+        return None
+    vectors = [s["vector"] for s in statuses]
+    if any(v != vectors[0] for v in vectors) or any(s["outbox"] for s in statuses):
+        return None
+    return vectors[0]
 
 
 def run_report(nodes: dict[str, Any], launched: int, seconds: float, faults: dict[str, int]) -> dict[str, Any]:
@@ -233,72 +284,9 @@ def run_report(nodes: dict[str, Any], launched: int, seconds: float, faults: dic
             "problems": checks(report, expected_jobs=launched)}
 
 
-VISITORS = ("Zoé", "François", "Léa", "Noël", "Chloé", "Jérôme", "Maëlle", "Aurélien", "Hélène", "Benoît",
-            "Cécile", "Gaëtan", "Anaïs", "Loïc", "Ophélie", "Joël", "Béatrice", "Théo", "Inès", "Raphaël")
-COLOURS = ("red", "blue", "green", "white", "black")
-
-
-def visitor_order(i: int, rng: random.Random) -> tuple[str, str, dict[str, str]]:
-    """Visitor `i`'s order id, signed QR payload (the EXAMPLE order key) and options: a first
-    name to engrave (accents included, as phones type them) and a colour, drawn from `rng`."""
-    from edge.orders import Order, private_key_from_pem, sign_order
-    from edge.sim.line import EXAMPLE_ORDER_KEY
-
-    key = private_key_from_pem(EXAMPLE_ORDER_KEY.read_bytes())
-    now = int(time.time())
-    order_id = f"V{now % 100000:05d}{chr(ord('A') + i)}"
-    options = {"colour": rng.choice(COLOURS), "text": rng.choice(VISITORS)}
-    order = Order(order_id, "stand", options, issued_at=now, expires_at=now + 86400, key_id="example-1")
-    return order_id, sign_order(order, key), options
-
-
-class Screens:
-    """What each station's screen says, as it changes: a thread polls the stations' status
-    (read-only console queries: the line is not driven from here)."""
-
-    def __init__(self, nodes: list[Any]):
-        self.nodes = nodes
-        self.seen: dict[str, Any] = {}
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stopping.wait(0.1):
-            for node in self.nodes:
-                try:
-                    message = node.status()["station"].get("message")
-                except (RuntimeError, KeyError, OSError):
-                    continue
-                if message and message != self.seen.get(node.name):
-                    self.seen[node.name] = message
-                    say(f"   [{node.name}] {message['text']}")
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-
-
 def _last_scan(node: Any, check: Any) -> dict[str, Any] | None:
     last = node.status()["station"].get("last_scan")
     return last if last and check(last) else None
-
-
-def _job(node: Any, job: str) -> dict[str, Any] | None:
-    try:
-        return node.command(f"job {job}")
-    except RuntimeError:
-        return None
-
-
-def _status(node: Any, job: str) -> str | None:
-    state = _job(node, job)
-    return state["status"] if state else None
-
-
-def _step(node: Any, job: str, step: str) -> str | None:
-    state = _job(node, job)
-    return next((s["status"] for s in state["steps"] if s["step"] == step), None) if state else None
 
 
 def qr_text(payload: str) -> str:

@@ -1,7 +1,8 @@
 """What a run of the simulated line made, checked from the nodes' own ledgers (not from the
 demo's bookkeeping): pure, events in, a JSON-able report out.
 
-    jobs_total, jobs_completed, jobs_failed (with the failing step and its reason), jobs_open
+    jobs_total, jobs_completed, jobs_failed (with the failing step and its reason; a job an
+                      operator cancelled is failed too, the reason theirs), jobs_open
     lost_events       events some node issued that no node holds (a gap in an origin's seqs;
                       an origin's last events lost everywhere leave no gap, but the origin
                       itself holds what it issued unless its store was lost too)
@@ -9,7 +10,8 @@ demo's bookkeeping): pure, events in, a JSON-able report out.
     duplicated_steps  (job, step) done more than once, or listed as started twice (a
                       step_repeated or step_contention conflict)
     nodes_converged   every node holds the same events
-    latency_ms        launch_to_start: a job's `created` to its first station step's start;
+    latency_ms        scan_to_start: a job's `created` (the intake's accepted scan) to its first
+                      station step's start;
                       handoff: a step done to the next route step started (p50, p99, by the HLC)
 
 `checks(report)` names what is wrong; an empty list is a good run.
@@ -57,7 +59,11 @@ def line_report(ledgers: Mapping[str, Iterable[Event]]) -> dict[str, Any]:
         elif state.status == "failed":
             step = next((s for s in state.steps if s.on_route and s.status == "failed"), None)
             failed.append({"job": job, "step": step.step if step else "", "reason": step.reason if step else ""})
-        elif state.status != "cancelled":
+        elif state.status == "cancelled":
+            closing = next((e for e in events if e.type == "cancelled"), None)
+            failed.append({"job": job, "step": closing.step if closing else "", "reason":
+                           "cancelled: " + str(closing.data.get("reason") or "no reason given") if closing else ""})
+        else:
             still_open.append(job)
         dones: dict[str, int] = {}
         for ev in events:
@@ -81,7 +87,7 @@ def line_report(ledgers: Mapping[str, Iterable[Event]]) -> dict[str, Any]:
         "duplicated_steps": len(duplicated),
         "duplicates": duplicated,
         "nodes_converged": not missing,
-        "latency_ms": {"launch_to_start_p50": percentile(launch, 50), "launch_to_start_p99": percentile(launch, 99),
+        "latency_ms": {"scan_to_start_p50": percentile(launch, 50), "scan_to_start_p99": percentile(launch, 99),
                        "handoff_p50": percentile(handoff, 50), "handoff_p99": percentile(handoff, 99)},
     }
 

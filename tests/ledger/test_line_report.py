@@ -36,7 +36,7 @@ def test_a_good_run_is_complete_converged_and_its_latencies_come_from_the_clocks
     report = line_report({"intake-1": evs, "laser-1": evs, "pickup-1": evs})
     assert (report["jobs_total"], report["jobs_completed"], report["jobs_failed"]) == (1, 1, 0)
     assert report["lost_events"] == 0 and report["nodes_converged"] and report["duplicated_steps"] == 0
-    assert report["latency_ms"]["launch_to_start_p50"] == 100.0  # created at 1000, laser started at 1100
+    assert report["latency_ms"]["scan_to_start_p50"] == 100.0  # created at 1000, laser started at 1100
     assert report["latency_ms"]["handoff_p50"] == 200.0  # done at +50, next started 250 later
     assert checks(report, expected_jobs=1) == []
 

@@ -24,9 +24,8 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "refused, red light: bad_signature" in out
-    assert "pickup-1 answers: your stand is at the laser" in out
-    assert out.count("completed: the visitor took the stand and shut the locker") == 2
-    assert out.count("job completed (same)") == 6 and "DIFFERENT" not in out
+    assert "2 of 2 visitor(s) took their stand home" in out
+    assert out.count("collected from locker") == 2
     assert (tmp_path / "line" / "hub" / "mosquitto.conf").exists()
 
     store = Store.open(tmp_path / "line" / "pickup-1" / "data", readonly=True)
@@ -65,9 +64,9 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["jobs_total"], report["jobs_completed"], report["jobs_failed"]) == (2, 2, 0)
     assert report["lost_events"] == 0 and report["duplicated_steps"] == 0 and report["nodes_converged"] is True
-    assert report["problems"] == [] and report["faults_injected"] == {"broker": 1}
+    assert report["problems"] == [] and report["faults_injected"] == {} and report["operator_actions"] == {}
     assert report["events"] == len(events) and report["latency_ms"]["handoff_p50"] > 0
-    # the dashboard never shows a job going backwards, not even after the hub's power cut
+    # the dashboard never shows a job going backwards
     for job in jobs:
         shown = [line.split(f"job {job} ", 1)[1] for line in out.splitlines() if f"[dashboard] job {job} " in line]
         done_steps = [{part.split(":")[0] for part in state.split()[1:] if part.endswith(":done")} for state in shown]
@@ -80,14 +79,14 @@ def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_p
 def test_every_visitor_name_the_demo_draws_is_an_order_the_line_takes_and_the_laser_can_draw():
     from trailer import EXAMPLES
 
-    from edge.commands.demo import VISITORS
     from edge.config import load_line
+    from edge.sim.day import NAMES
     from stations.inspection import expected_strokes
 
     line = load_line(EXAMPLES / "line.toml")
     stand = line.products["stand"]
     charset = set(stand.options["text"].charset)
-    for name in VISITORS:
+    for name in NAMES:
         assert set(name) <= charset and len(name) <= stand.options["text"].max_length, name
         assert expected_strokes(stand, {"text": name}, line), name  # engraved (raises if it cannot be)
 
@@ -100,8 +99,8 @@ def test_the_demo_cameras_pass_every_visitor_stand_in_every_colour():
     from trailer import EXAMPLES
 
     from edge import vision
-    from edge.commands.demo import COLOURS, VISITORS
     from edge.config import load_line
+    from edge.sim.day import COLOURS, NAMES
     from edge.sim.parts import render
     from stations.inspection import expected_strokes, product_layout
 
@@ -111,7 +110,7 @@ def test_the_demo_cameras_pass_every_visitor_stand_in_every_colour():
     refs = {n: vision.ColourRef.of_hex(n, c.srgb, c.tolerance) for n, c in line.colours.items()}
     r = random.Random(3)
     verdicts = []
-    for i, (name, colour) in enumerate((n, c) for n in VISITORS for c in COLOURS):
+    for i, (name, colour) in enumerate((n, c) for n in NAMES for c in COLOURS):
         strokes = expected_strokes(stand, {"text": name}, line)
         frame = render(layout=layout, label="T01", colour=line.colours[colour].srgb, strokes=strokes,
                        angle_deg=r.uniform(-6, 6), offset_mm=(r.uniform(-3, 3), r.uniform(-3, 3)),

@@ -76,6 +76,8 @@ class HybridClock:
         self._wall = last.wall_ms if last else 0
         self._counter = last.counter if last else 0
         self._warned: dict[str, float] = {}  # remote node -> when its clamped clock was last told
+        self._ahead: dict[str, int] = {}  # remote node -> how far ahead of our wall clock its last stamp was
+        self.offset_ms = 0  # what the line agrees our wall clock is behind by (0: it is not)
 
     @property
     def last(self) -> Timestamp:
@@ -84,6 +86,7 @@ class HybridClock:
 
     def tick(self, wall_ms: int) -> Timestamp:
         """A timestamp for a local event, strictly above every earlier reading."""
+        wall_ms += self.offset_ms
         if wall_ms > self._wall:
             self._wall, self._counter = wall_ms, 0
         else:
@@ -95,7 +98,16 @@ class HybridClock:
 
         Clamping means we do not drag our clock more than `max_drift_ms` ahead of our own
         wall clock because of one node with a bad clock; the remote event keeps its stamp.
+
+        But when at least two other nodes are that far ahead, it is our clock that is behind (a
+        Pi booted with no RTC, from the time it last saved): we take the offset they agree on
+        (the second largest), and our own stamps run on from the line's time, so our new events
+        are never ordered before what the others did meanwhile.
         """
+        self._ahead[remote.node] = remote.wall_ms - wall_ms
+        if remote.node != self.node:
+            self.offset_ms = agreed_offset(self._ahead, self.node, self.max_drift_ms)
+        wall_ms += self.offset_ms
         limit = wall_ms + self.max_drift_ms
         remote_wall, remote_counter = remote.wall_ms, remote.counter
         clamped = remote_wall > limit
@@ -118,3 +130,10 @@ class HybridClock:
             self._counter = 0
         self._wall = top
         return Observation(self.last, clamped, ahead)
+
+
+def agreed_offset(ahead: dict[str, int], me: str, max_drift_ms: int) -> int:
+    """How far behind the line our wall clock is, by what two other nodes agree on: the second
+    largest lead of their latest stamps, when it is beyond `max_drift_ms`; else 0."""
+    leads = sorted((v for n, v in ahead.items() if n != me), reverse=True)
+    return leads[1] if len(leads) >= 2 and leads[1] > max_drift_ms else 0

@@ -399,7 +399,7 @@ class Store:
         the time runs on from the reading as the seconds pass (monotonic), rather than standing
         still until the wall clock catches up: the stations time their debounces and timeouts
         with it."""
-        wall, last = self.wall(), self.clock.last.wall_ms
+        wall, last = self.wall() + self.clock.offset_ms, self.clock.last.wall_ms
         if last <= wall:
             return wall / 1000
         seen, since = self._ahead

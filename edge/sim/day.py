@@ -99,13 +99,8 @@ def make_visitors(n: int, rng: random.Random, speed: float = 1.0, key: Any = Non
 
 
 def _suffix(i: int) -> str:
-    """A, B, ... Z, AA, AB, ...: order ids that sort in arrival order."""
-    letters = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        letters = chr(ord("A") + r) + letters
-    return letters.rjust(2, "A")
+    """AA, AB, ... AZ, BA, ...: two letters, order ids that sort in arrival order (up to 676)."""
+    return chr(ord("A") + i // 26) + chr(ord("A") + i % 26)
 
 
 def plan_chaos(kinds: list[str], rng: random.Random, begin_s: float, end_s: float,

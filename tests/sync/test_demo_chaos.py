@@ -70,6 +70,8 @@ def test_the_same_seed_plans_the_same_day():
     assert [(v.name, v.colour, v.arrives_s) for v in a] == [(v.name, v.colour, v.arrives_s) for v in b]
     assert [v.job for v in a] == sorted(v.job for v in a) and len({v.job for v in a}) == 5
     assert a[0].arrives_s == 0 and all(x.arrives_s < y.arrives_s for x, y in zip(a, a[1:], strict=False))
+    many = make_visitors(200, random.Random(9))
+    assert len({v.job for v in many}) == 200 and [v.job for v in many] == sorted(v.job for v in many)
     faster = make_visitors(5, random.Random(9), speed=4)
     assert faster[-1].arrives_s == pytest.approx(a[-1].arrives_s / 4, abs=0.05)
 

@@ -7,6 +7,7 @@ resource fail at start-up naming both, not mid-job. Tests swap the pin factory, 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,7 @@ class Board:
         self.cameras: dict[str, FileCamera | PiCamera] = {}
         self.scanners: dict[str, Scanner] = {}
         self.faults: dict[str, str] = {}
+        self.retrying: set[str] = set()  # devices being opened again on a thread (retry_missing)
         # drive's check-then-set and the trip callback's safe_all exclude each other, so an
         # output the loop sets while a stop opens cannot end up on after it was forced safe
         self.safety_lock = threading.RLock()
@@ -104,6 +106,38 @@ class Board:
             if scanner.fault:
                 self.faults[dev.name] = scanner.fault
             self.scanners[dev.name] = scanner
+
+    def retry_missing(self) -> None:
+        """Try again, each on a thread of its own, to open a serial device or G-code machine that
+        was missing at start, once its port exists (a USB adapter plugged in late, a board
+        re-enumerated). One that opens posts `device_fault {fault: None}`: its fault clears
+        without a restart. A camera in fault is tried again the same way."""
+        missing: list[tuple[str, Any]] = []
+        missing += [(n, m) for n, m in self.gcode.items() if m.driver is None and not m.busy]
+        missing += [(n, p) for n, p in self.serial.items() if p.handle is None]
+        for name, device in missing:
+            port = getattr(device, "port", "")
+            if name in self.retrying or not port or not os.path.exists(port):
+                continue
+            self.retrying.add(name)
+            threading.Thread(target=self._reopen, args=(name, device), name=f"reopen-{name}", daemon=True).start()
+        for name, camera in self.cameras.items():
+            if name in self.faults and name not in self.retrying and name not in self.scanners:
+                self.retrying.add(name)
+                threading.Thread(target=self._reopen, args=(name, camera), name=f"reopen-{name}", daemon=True).start()
+
+    def _reopen(self, name: str, device: Any) -> None:
+        try:
+            try:
+                device.open()
+                fault = getattr(device, "fault", None)
+            except HardwareError as exc:
+                fault = str(exc)
+            if fault is None:
+                log.info("[hardware.%s] found: it opened while the node runs", name)
+            self.post("device_fault", {"device": name, "fault": fault})
+        finally:
+            self.retrying.discard(name)
 
     def _input_changed(self, name: str, value: bool) -> None:
         self.post("input", {"device": name, "value": value})

@@ -29,10 +29,11 @@ setup(
         "rich>=13",  # edge demo's live view of the line (edge.sim.view)
         "Hershey-Fonts>=2.1",  # the laser's single-stroke font (firmware_bridge.engrave)
         "tomli-w>=1.0",  # the simulated line writes station files
+        "prompt_toolkit>=3.0",  # the operator's console: line editing on the serial port and in `edge console`
     ],
     extras_require={
         "pi": ["picamera2", "lgpio"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5", "pexpect>=4.8"],
     },
     entry_points={"console_scripts": ["edge = edge.cli:main"]},
     classifiers=[

@@ -109,6 +109,7 @@ class HardwareConfig:
     resolution: tuple[int, int] = (1640, 1232)
     camera: str | None = None  # a camera scanner: the [hardware.<camera>] it reads frames from
     interval_ms: int = 200
+    motion: bool = False  # a digital_output that moves something (conveyor, gripper): `drive` asks first
 
     @property
     def is_output(self) -> bool:
@@ -122,6 +123,12 @@ class ConsoleConfig:
     baudrate: int
     socket: Path | None
     stdin: bool
+    serial_face: str = "people"  # the serial terminal: "people" (prompt, editing, tables) or "machine"
+    pin_hash: str | None = None  # the operator PIN (edge keys pin); None: no login asked
+    pin_timeout_s: int = 300  # a login lasts this long without a command
+    lockout_after: int = 5  # wrong PINs in a row before logins are locked
+    lockout_s: int = 60
+    drive_timeout_s: int = 120  # a manual `drive` of an output ends by itself after this long (0: never)
 
 
 @dataclass(frozen=True)
@@ -416,6 +423,7 @@ def _read_device(s: Section, name: str) -> HardwareConfig | None:
         fields["active_high"] = s.get_bool("active_high", True)
         safe = s.get_str("safe_state", choices=("off", "on"))
         fields["safe_state"] = None if safe is None else safe == "on"
+        fields["motion"] = bool(s.get_bool("motion", False))
     elif kind in ("digital_input", "emergency_stop", "door_interlock"):
         fields["pull_up"] = s.get_bool("pull_up", True)
         fields["bounce_ms"] = s.get_int("bounce_ms", 20, 0, 1000)
@@ -461,12 +469,27 @@ def _read_console(doc: Document, hardware: dict[str, HardwareConfig]) -> Console
     baudrate = s.get_int("baudrate", 115200, 300, 4_000_000)
     socket = s.get_path("socket", None)
     stdin = s.get_bool("stdin", False)
+    face = s.get_str("serial_face", "people", choices=("people", "machine"))
+    pin_hash = s.get_str("pin_hash", None)
+    if pin_hash:
+        from edge.control import check_pin_hash
+
+        problem = check_pin_hash(pin_hash)
+        if problem:
+            s.issue("pin_hash", problem)
+    pin_timeout = s.get_int("pin_timeout_s", 300, 10, 86_400)
+    lockout_after = s.get_int("lockout_after", 5, 1, 100)
+    lockout_s = s.get_int("lockout_s", 60, 1, 86_400)
+    drive_timeout = s.get_int("drive_timeout_s", 120, 0, 86_400)
     if serial_port:
         for dev in hardware.values():
             if dev.port == serial_port:
                 s.issue("serial_port", f"{serial_port} is already used by [hardware.{dev.name}]")
     s.finish()
-    return ConsoleConfig(bool(enabled), serial_port, baudrate or 115200, socket, bool(stdin))
+    return ConsoleConfig(bool(enabled), serial_port, baudrate or 115200, socket, bool(stdin), face or "people",
+                         pin_hash or None, 300 if pin_timeout is None else pin_timeout,
+                         5 if lockout_after is None else lockout_after, 60 if lockout_s is None else lockout_s,
+                         120 if drive_timeout is None else drive_timeout)
 
 
 # ---------------------------------------------------------------- line file

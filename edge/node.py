@@ -21,7 +21,7 @@ from typing import Any
 from edge import __version__
 from edge.config import LineConfig, StationConfig, advice
 from edge.console import SerialConsole, SocketConsole, StreamConsole
-from edge.control import CommandError, CommandSet
+from edge.control import CommandError, CommandSet, OperatorGuard
 from edge.hw import Board, HardwareError, SafetyInterlock
 from edge.hw.serialport import port_identity
 from edge.ledger import Event as LedgerEvent
@@ -83,12 +83,14 @@ class Node:
         self.session = 0
         self.archive_every_s = archive_every_s
         self.last_archive = time.monotonic()
+        self.last_retry = time.monotonic()
         self.mqtt = NodeMqtt(self)  # sets self.sync once MQTT starts
         self.commands = CommandSet()
         self.consoles: list[Any] = []
+        self._console_words: dict[str, list[str]] = {"commands": [], "devices": [], "jobs": []}
         # run once the pins exist, before the station boots (the simulated world wires its sensors)
         self.board_ready: list[Callable[[], None]] = []
-        NodeCommands(self)
+        self.node_commands = NodeCommands(self)
         self.on("stop", self._on_stop)
         self.on("console_line", self._on_console_line)
         for kind in ("mqtt_connected", "mqtt_disconnected", "mqtt_unreachable", "mqtt_puback", "mqtt_suback",
@@ -153,17 +155,24 @@ class Node:
 
     def _start_consoles(self) -> None:
         console = self.config.console
+        if console.pin_hash:
+            self.commands.guard = OperatorGuard(console.pin_hash, console.pin_timeout_s, console.lockout_after,
+                                                console.lockout_s)
+        self._refresh_console_words()
         if not console.enabled:
             return
         banner = (f"fabrique-edge {__version__} console of {self.config.node.id} "
-                  f"({self.config.station.kind}): type help")
+                  f"({self.config.station.kind}): type help, Tab completes, Up recalls")
         if console.stdin:
             self.consoles.append(StreamConsole(self.post))
         if console.serial_port:
             self.board.claim(f"port {port_identity(console.serial_port)}", "[console] serial_port")
-            self.consoles.append(SerialConsole(self.post, console.serial_port, console.baudrate, banner))
+            self.consoles.append(SerialConsole(self.post, console.serial_port, console.baudrate, banner,
+                                               face=console.serial_face, prompt=self.console_prompt,
+                                               words=self.console_words, commands=self.commands))
         if console.socket:
-            self.consoles.append(SocketConsole(self.post, str(console.socket)))
+            self.consoles.append(SocketConsole(self.post, str(console.socket), banner=banner, prompt=self.console_prompt,
+                                               words=self.console_words, commands=self.commands))
         for c in self.consoles:
             c.start()
 
@@ -304,6 +313,11 @@ class Node:
             from edge.engine import Tick
 
             self.station.feed(Tick())
+        self.node_commands.tick()
+        self._refresh_console_words()
+        if time.monotonic() - self.last_retry >= 2.0:
+            self.last_retry = time.monotonic()
+            self.board.retry_missing()
         if self.sync is not None:
             self.sync.tick()
             self.mqtt.publish_unions()
@@ -383,6 +397,9 @@ class Node:
         Raises LedgerWriteError when the disk refuses the write: none of them exists, and the
         node is in fault until a write succeeds again."""
         assert self.store is not None
+        session = self.commands.session
+        if session is not None:  # made by a command: the ledger says which console (or MQTT) it came from
+            records = [(job, type, {**data, "via": session.origin}) for job, type, data in records]
         try:
             with self.store.batch():
                 events = [self.store.append(job, type, self.config.station.kind, data)
@@ -464,7 +481,26 @@ class Node:
 
     # -- commands (one registry: console, socket and MQTT)
     def _on_console_line(self, event: Event) -> None:
-        event.data["reply"](self.commands.run_line(event.data["line"]))
+        session = event.data.get("session")
+        reply = self.commands.run_line(event.data["line"], session)
+        if not reply.ok and reply.error:
+            log.info("console %s: %s", session.origin if session else "stdin", reply.error[:200])
+        event.data["reply"](reply)
+
+    def console_prompt(self) -> str:
+        """A people's console prompt: `laser-1 [auto|fault]> ` (read from any thread)."""
+        mode = getattr(self.station, "mode", None) or "-"
+        return f"{self.config.node.id} [{mode}|{self.state}]> "
+
+    def console_words(self) -> dict[str, list[str]]:
+        """What a console completes: command, device and open job names (a snapshot the loop
+        refreshes every tick; safe to read from a console's thread)."""
+        return self._console_words
+
+    def _refresh_console_words(self) -> None:
+        jobs = [s.job for s in self.store.open_jobs()] if self.store is not None else []
+        self._console_words = {"commands": sorted(self.commands.commands), "devices": sorted(self.config.hardware),
+                               "jobs": jobs}
 
     def get_status(self) -> dict[str, Any]:
         """The station state as dashboards and the console see it."""

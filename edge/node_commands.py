@@ -1,9 +1,11 @@
 """The node's own commands, declared once for the console, the local socket and MQTT:
 status and jobs for anyone; launching a signed order; manual override for an operator at
-the station (console only)."""
+the station (its serial console or local socket, never MQTT)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,56 +17,109 @@ from edge.orders import verify_order
 if TYPE_CHECKING:
     from edge.node import Node
 
+log = logging.getLogger(__name__)
+
 
 class NodeCommands:
     """Registers the commands on `node.commands`; handlers run on the node loop."""
 
     def __init__(self, node: Node):
         self.node = node
+        self.driven: dict[str, float] = {}  # output -> monotonic deadline of its manual `drive`
         add = node.commands.register
         add("help", "list the commands, or tell one", lambda a: self.node.commands.help(a.get("command")),
-            Param("command", required=False, help="a command's name, e.g. help resume"))
+            Param("command", required=False, help="a command's name, e.g. help resume"),
+            examples=("help", "help drive"))
         add("status", "station state, devices, counters", lambda a: self.node.get_status())
         add("ping", "check the node answers", lambda a: "pong")
+        add("login", "log in as the operator (the station's PIN; asked hidden when left out)", self._cmd_login,
+            Param("pin", required=False, help="the operator PIN"), examples=("login",))
+        add("logout", "log the operator out of this console", self._cmd_logout)
         add("note", "add a note to a job's ledger", self._cmd_note,
-            Param("job", help="job id"), Param("text", rest=True, help="the note"))
-        add("job", "show a job's state", self._cmd_job, Param("job", help="job id"))
+            Param("job", help="job id"), Param("text", rest=True, help="the note"),
+            examples=("note V12345A visitor asked for a gift box",))
+        add("job", "show a job's state", self._cmd_job, Param("job", help="job id"), examples=("job V12345A",))
         add("jobs", "list open jobs", lambda a: [s.to_json() for s in self.node.store.open_jobs()] if self.node.store else [])
         add("sync", "publish this node's version vector now (peers re-send what it lacks)", self._cmd_sync)
         add("archive", "archive closed jobs now", lambda a: self.node.archive())
         add("launch", "verify a signed order (the QR payload) and launch its job here", self._cmd_launch,
             Param("payload", rest=True, help="the QR code's text, FE1:..."))
         add("step", "record this station's step of a job (manual override)", self._cmd_step,
-            Param("job"), Param("status", help="started, done, failed or skipped"),
-            Param("reason", required=False, rest=True), local_only=True)
+            Param("job", help="job id"), Param("status", help="started, done, failed or skipped"),
+            Param("reason", required=False, rest=True), local_only=True,
+            examples=("step V12345A done", "step V12345A failed part dropped"))
         add("override", "set any step of a job to a status, with a reason (operator's word is final)",
-            self._cmd_override, Param("job"), Param("step", help="station kind of the step"),
+            self._cmd_override, Param("job", help="job id"), Param("step", help="station kind of the step"),
             Param("to", help="pending, running, done, failed or skipped"), Param("reason", rest=True),
-            local_only=True)
-        add("complete", "record that the job was handed over", self._cmd_close("completed"), Param("job"),
-            Param("reason", required=False, rest=True), local_only=True)
-        add("cancel", "cancel a job", self._cmd_close("cancelled"), Param("job"),
-            Param("reason", required=False, rest=True), local_only=True)
+            local_only=True, confirm=self._confirm_override,
+            examples=("override V12345A printer done printed by hand",))
+        add("complete", "record that the job was handed over", self._cmd_close("completed"),
+            Param("job", help="job id"), Param("reason", required=False, rest=True), local_only=True,
+            confirm=self._confirm_close("complete"), examples=("complete V12345A handed over at the desk",))
+        add("cancel", "cancel a job", self._cmd_close("cancelled"), Param("job", help="job id"),
+            Param("reason", required=False, rest=True), local_only=True, confirm=self._confirm_close("cancel"),
+            examples=("cancel V12345A part broken",))
         add("mode", "auto: the station works by itself; manual: an operator drives it", self._cmd_mode,
-            Param("mode", help="auto or manual"), local_only=True)
+            Param("mode", help="auto or manual"), local_only=True, examples=("mode manual", "mode auto"))
         add("reset", "clear a fault, or go on after a released emergency stop (nothing restarts by itself)",
             self._cmd_reset, local_only=True)
         add("retry", "set this station's failed step of a job back to pending, to be done again", self._cmd_retry,
-            Param("job"), local_only=True)
+            Param("job", help="job id"), local_only=True, examples=("retry V12345A",))
         add("skip", "skip this station's step of a job, with a reason", self._cmd_skip,
-            Param("job"), Param("reason", rest=True), local_only=True)
+            Param("job", help="job id"), Param("reason", rest=True), local_only=True,
+            examples=("skip V12345A engraved by hand",))
         add("hold", "feed hold on the station's laser or printer (relays off); `resume` goes on",
             self._cmd_hold, local_only=True)
         add("resume", "go on after a hold, a lid opened or a released emergency stop", self._cmd_resume,
             local_only=True)
         add("gcode", "send one G-code line to the station's laser or printer (manual mode only)", self._cmd_gcode,
-            Param("line", rest=True, help="e.g. G0 X10 Y10"), local_only=True)
+            Param("line", rest=True, help="e.g. G0 X10 Y10"), local_only=True, examples=("gcode G0 X10 Y10",))
         add("home", "home the station's laser or printer ($H on GRBL, G28 on Marlin)", self._cmd_home,
             local_only=True)
         add("unlock", "clear a GRBL alarm lock ($X) once the cause is seen to", self._cmd_unlock, local_only=True)
-        add("drive", "set an output (manual override; refused while a safety circuit is open)",
+        add("drive", "set an output (manual override; ends by itself after [console] drive_timeout_s or on "
+            "`mode auto`; refused while a safety circuit is open)",
             self._cmd_drive, Param("device", help="output name"), Param("value", bool, help="on or off"),
-            local_only=True)
+            local_only=True, confirm=self._confirm_drive, examples=("drive conveyor on", "drive conveyor off"))
+
+    # -- who is at the console
+    def _cmd_login(self, args: dict[str, Any]) -> str:
+        session, guard = self.node.commands.session, self.node.commands.guard
+        if session is None or not session.local:
+            raise CommandError("log in at the station's console")
+        if guard is None:
+            return "no operator PIN is set on this station: console commands need no login"
+        if not args.get("pin"):
+            raise CommandError("give the PIN: login <PIN> (a people's console asks for it hidden)")
+        return guard.login(session, args["pin"])
+
+    def _cmd_logout(self, _args: dict[str, Any]) -> str:
+        session = self.node.commands.session
+        if session is None or self.node.commands.guard is None:
+            return "no operator PIN is set on this station"
+        return self.node.commands.guard.logout(session)
+
+    # -- questions before the commands that cannot be taken back
+    def _confirm_close(self, verb: str) -> Callable[[dict[str, Any]], str | None]:
+        def question(args: dict[str, Any]) -> str | None:
+            state = self.node.store.job(args["job"]) if self.node.store else None
+            if state is None:
+                return None  # the command itself says there is no such job
+            left = [s.step for s in state.steps if s.on_route and s.status not in ("done", "skipped")]
+            if not left:
+                return None
+            return f"{verb} job {args['job']} with {len(left)} step(s) not done ({', '.join(left)})?"
+        return question
+
+    @staticmethod
+    def _confirm_override(args: dict[str, Any]) -> str | None:
+        return f"set the {args['step']} step of job {args['job']} to {args['to']}, whatever the station says?"
+
+    def _confirm_drive(self, args: dict[str, Any]) -> str | None:
+        device = self.node.config.hardware.get(args["device"])
+        if device is None or not device.motion or args["value"] == device.safe_state:
+            return None
+        return f"drive {args['device']} {'on' if args['value'] else 'off'} moves it: is everyone clear of it?"
 
     def _cmd_note(self, args: dict[str, Any]) -> dict[str, Any]:
         self._job_or_fail(args["job"])  # a note never creates a job
@@ -143,6 +198,8 @@ class NodeCommands:
     def _cmd_mode(self, args: dict[str, Any]) -> dict[str, Any]:
         if args["mode"] not in ("auto", "manual"):
             raise CommandError(f"mode {args['mode']!r} is not auto or manual")
+        if args["mode"] == "auto":  # before the station looks at the line again and drives its outputs
+            self.release_all("the station went back to auto")
         result = self._engine().set_mode(args["mode"])
         self.node.record_operator("mode", result, f"mode {result['mode']}")
         return result
@@ -217,10 +274,47 @@ class NodeCommands:
         return self._send("unlock", "$X")
 
     def _cmd_drive(self, args: dict[str, Any]) -> dict[str, Any]:
+        device, value = args["device"], args["value"]
         try:
-            self.node.board.drive(args["device"], args["value"])
+            self.node.board.drive(device, value)
         except KeyError as exc:
             raise CommandError(str(exc).strip("'\"")) from None
         except SafetyInterlock as exc:
             raise CommandError(str(exc)) from None
-        return {args["device"]: args["value"]}
+        spec = self.node.config.hardware.get(device)
+        timeout = self.node.config.console.drive_timeout_s
+        manual = getattr(self.node.station, "mode", "manual") == "manual"
+        if spec is not None and value != spec.safe_state and manual:  # in auto the station's logic owns it
+            self.driven[device] = time.monotonic() + timeout if timeout else float("inf")
+        else:
+            self.driven.pop(device, None)
+        self.node.record_operator("drive", {"device": device, "value": value},
+                                  f"drive {device} {'on' if value else 'off'}")
+        out: dict[str, Any] = {device: value}
+        if device in self.driven and timeout:
+            out["until"] = f"back to {'on' if spec and spec.safe_state else 'off'} in {timeout} s or on `mode auto`"
+        return out
+
+    def tick(self) -> None:
+        """On the loop, once a second: a manual `drive` that has run its time goes back to safe."""
+        now = time.monotonic()
+        for device, deadline in list(self.driven.items()):
+            if now >= deadline:
+                self._release(device, f"drive_timeout_s ({self.node.config.console.drive_timeout_s} s) ran out")
+
+    def release_all(self, why: str) -> None:
+        for device in list(self.driven):
+            self._release(device, why)
+
+    def _release(self, device: str, why: str) -> None:
+        self.driven.pop(device, None)
+        spec = self.node.config.hardware.get(device)
+        if spec is None or spec.safe_state is None:
+            return
+        try:
+            self.node.board.drive(device, spec.safe_state)
+        except (KeyError, SafetyInterlock) as exc:  # a safety circuit already put it safe
+            log.info("manual drive of %s ends: %s", device, exc)
+            return
+        log.warning("manual drive of %s ends (%s): back to %s", device, why, "on" if spec.safe_state else "off")
+        self.node.record_operator("drive_ended", {"device": device, "why": why}, f"{device} back to safe: {why}")

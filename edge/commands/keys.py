@@ -75,3 +75,35 @@ def keys_show(args: argparse.Namespace) -> int:
         return 0
     print(f"# NOT listed in {line.source} [nodes.keys]: peers refuse this node's events", file=sys.stderr)
     return 1
+
+
+@command(
+    "keys pin", "hash an operator PIN for [console] pin_hash (asked twice, never shown)",
+    arg("--stdin", action="store_true", help="read the PIN from one line of standard input (scripts)"),
+    description="Ask for the station's operator PIN twice (hidden) and print the line to put in\n"
+                "the station file's [console] section. Only the salted hash (PBKDF2-SHA256) is\n"
+                "stored: the PIN itself is never written anywhere. 4 to 32 digits or letters.\n\n"
+                "example:\n  edge keys pin            # then paste the line under [console]",
+)
+def keys_pin(args: argparse.Namespace) -> int:
+    import getpass
+
+    from edge.control import hash_pin
+
+    if args.stdin:
+        pin = sys.stdin.readline().strip()
+    else:
+        try:
+            pin = getpass.getpass("operator PIN: ")
+            if getpass.getpass("again: ") != pin:
+                print("the two PINs differ: nothing made", file=sys.stderr)
+                return 1
+        except (EOFError, KeyboardInterrupt):
+            print("no PIN given", file=sys.stderr)
+            return 1
+    if not (4 <= len(pin) <= 32 and pin.isalnum() and pin.isascii()):
+        print("a PIN is 4 to 32 digits or letters", file=sys.stderr)
+        return 1
+    print("# under [console] in the station file (the PIN itself is not stored):")
+    print(f'pin_hash = "{hash_pin(pin)}"')
+    return 0

@@ -14,4 +14,4 @@ def test_console_docs_carry_the_generated_command_table():
     begin = doc.index("-->\n", doc.index("<!-- BEGIN GENERATED")) + 4
     end = doc.index("<!-- END GENERATED -->")
     assert doc[begin:end] == table, "docs/console.md is stale: regenerate its command table"
-    assert "`drive <device> <value>` | console only" in table
+    assert "`drive <device> <value>` | at the station" in table

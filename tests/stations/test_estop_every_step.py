@@ -107,7 +107,7 @@ def launched(route: list[str], done: list[str], product: str = "stand") -> list[
 def transfer_mid_move(bench: Bench) -> None:
     bench.record(*launched(STAND, ["intake"]))  # the transfer moves it to the laser
     wait_for(lambda: bench.on("conveyor"))
-    assert bench.console("drive gripper off").ok  # the operator opened the gripper's valve, too
+    assert bench.console("drive gripper off --force").ok  # the operator opened the gripper's valve, too
 
 
 def transfer_own_step(bench: Bench) -> None:

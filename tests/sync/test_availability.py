@@ -96,7 +96,7 @@ def test_home_assistant_coming_online_gets_every_node_announced_again(broker, li
 def test_an_archived_job_clears_its_retained_topic(broker, line):
     pickup = line["pickup-1"]
     pickup.notes("ARC1", 1)
-    pickup.command("complete ARC1")
+    pickup.command("complete ARC1 --force")
     dash = watcher(broker.people_port, "dashboard", "pw-dashboard")
     try:
         wait_until(lambda: any(json.loads(p)["status"] == "completed" for p in dash.on("fabrique/demo/job/ARC1")
@@ -120,7 +120,7 @@ def test_a_job_archived_before_the_broker_answered_leaves_no_retained_state(brok
     broker.pause()
     pickup = line["pickup-1"]
     pickup.notes("ARC9", 1)
-    pickup.command("complete ARC9")
+    pickup.command("complete ARC9 --force")
     assert pickup.command("archive") == ["ARC9"]
     broker.resume()
     wait_until(lambda: pickup.status()["mqtt"]["connected"] and pickup.status()["outbox"] == 0, 30, "drained")
@@ -154,7 +154,7 @@ def test_a_job_changed_offline_gets_its_retained_state_when_the_broker_returns(t
     broker.stop()
     wait_until(lambda: not pickup.status()["mqtt"]["connected"], 20, "pickup offline")
     pickup.notes("OFF1", 1)
-    pickup.command("complete OFF1")
+    pickup.command("complete OFF1 --force")
     pickup.stop()  # and a restart while offline: only the outbox remembers the job
     pickup.start()
     broker.start()

@@ -328,7 +328,7 @@ def test_records_lost_to_a_damaged_archive_come_back_from_peers(broker, line):
     connected(intake, laser)
     for job in ("ARC1", "ARC2", "ARC3"):
         intake.launch(job)
-        intake.command(f"complete {job}")
+        intake.command(f"complete {job} --force")
     wait_until(converged([intake, laser], {intake.origin: 6}), 30)
     assert sorted(laser.command("archive")) == ["ARC1", "ARC2", "ARC3"]
     laser.stop()

@@ -255,6 +255,23 @@ def parse_pin(value: Any) -> tuple[int | None, str]:
     return BOARD_TO_BCM[number], ""
 
 
+UART_PORTS = ("/dev/ttyAMA0", "/dev/serial0", "/dev/ttyS0")  # the 40-pin header's UART
+UART_PINS = {14: "TX (header pin 8)", 15: "RX (header pin 10)"}
+
+
+def _port(s: Section, key: str, default: Any = REQUIRED) -> Any:
+    """A serial port: an absolute device path (/dev/ttyUSB0, /dev/serial/by-id/...)."""
+    value = s.get_str(key, default)
+    if not isinstance(value, str) or not value:
+        return value
+    if re.fullmatch(r"(?i)COM\d+", value.strip()):
+        s.issue(key, f"{value!r} is a Windows port name; on the Pi a serial port is a path like /dev/ttyUSB0, "
+                     f"/dev/ttyACM0 or (best) /dev/serial/by-id/...")
+    elif not value.startswith("/"):
+        s.issue(key, f"{value!r} is not an absolute path: did you mean \"/{value}\"?")
+    return value
+
+
 # ---------------------------------------------------------------- station file
 
 def load_station(path: str | Path) -> StationConfig:
@@ -281,19 +298,23 @@ def _read_node(doc: Document) -> NodeConfig:
     factory = s.get_str("pin_factory", "default", choices=PIN_FACTORIES)
     key_file = s.get_path("key_file", "node.key")
     if line_file is not None:
-        _check_line_file(s, line_file)
+        _check_line_file(s, line_file, line)
     s.finish()
     return NodeConfig(node_id or "", line or "", data_dir or doc.base / "data",
                       line_file or doc.base / "line.toml", level, factory, key_file or doc.base / "node.key")
 
 
-def _check_line_file(s: Section, path: Path) -> None:
+def _check_line_file(s: Section, path: Path, line_id: str | None) -> None:
     try:
-        load_line(path)
+        line = load_line(path)
     except ConfigError as exc:
         first = exc.issues[0]
         more = f" (and {len(exc.issues) - 1} more; run edge check-config on it)" if len(exc.issues) > 1 else ""
         s.issue("line_file", f"{path} does not load: {first}{more}")
+        return
+    if line_id and line.id and line.id != line_id:
+        s.issue("line", f"{line_id!r} is not the id of its line file {path} ({line.id!r}): the node would publish "
+                        f"under fabrique/{line_id}/ where no other station listens")
 
 
 def _read_mqtt(doc: Document, node: NodeConfig) -> MqttConfig:
@@ -428,7 +449,7 @@ def _read_device(s: Section, name: str) -> HardwareConfig | None:
         fields["pull_up"] = s.get_bool("pull_up", True)
         fields["bounce_ms"] = s.get_int("bounce_ms", 20, 0, 1000)
     elif kind == "serial":
-        fields["port"] = s.get_str("port")
+        fields["port"] = _port(s, "port")
         fields["baudrate"] = s.get_int("baudrate", 115200, 300, 4_000_000)
         fields["protocol"] = s.get_str("protocol", "raw", choices=SERIAL_PROTOCOLS)
     elif kind == "camera":
@@ -445,7 +466,7 @@ def _read_device(s: Section, name: str) -> HardwareConfig | None:
     elif kind == "scanner":
         fields["source"] = s.get_str("source", "serial", choices=SCANNER_SOURCES)
         if fields["source"] == "serial":
-            fields["port"] = s.get_str("port")
+            fields["port"] = _port(s, "port")
             fields["baudrate"] = s.get_int("baudrate", 9600, 300, 4_000_000)
         elif fields["source"] == "camera":
             camera = s.get_str("camera")
@@ -465,7 +486,7 @@ def _read_device(s: Section, name: str) -> HardwareConfig | None:
 def _read_console(doc: Document, hardware: dict[str, HardwareConfig]) -> ConsoleConfig:
     s = doc.section("console", required=False)
     enabled = s.get_bool("enabled", True)
-    serial_port = s.get_str("serial_port", None)
+    serial_port = _port(s, "serial_port", None)
     baudrate = s.get_int("baudrate", 115200, 300, 4_000_000)
     socket = s.get_path("socket", None)
     stdin = s.get_bool("stdin", False)
@@ -481,6 +502,12 @@ def _read_console(doc: Document, hardware: dict[str, HardwareConfig]) -> Console
     lockout_after = s.get_int("lockout_after", 5, 1, 100)
     lockout_s = s.get_int("lockout_s", 60, 1, 86_400)
     drive_timeout = s.get_int("drive_timeout_s", 120, 0, 86_400)
+    if serial_port in UART_PORTS:  # the header UART: its two pins are the console's, not GPIO
+        for dev in hardware.values():
+            if dev.pin in UART_PINS:
+                s.doc.issue(("hardware", dev.name, "pin"), "pin", f"GPIO{dev.pin} is the console UART's "
+                            f"{UART_PINS[dev.pin]} ([console] serial_port = \"{serial_port}\"): pick another pin",
+                            section=f"hardware.{dev.name}")
     if serial_port:
         for dev in hardware.values():
             if dev.port == serial_port:
@@ -796,8 +823,9 @@ def advice(config: StationConfig, line: LineConfig | None) -> list[str]:
     if line is not None and mqtt.enabled and not line.node_keys.get(node.id):
         out.append(f"[node] id {node.id!r} has no key in {line.source} [nodes.keys]: every peer will refuse "
                    f"this node's events (print the line to add with `edge keys show --config FILE`)")
-    if line is not None and line.id and node.line and line.id != node.line:
-        out.append(f"[node] line {node.line!r} is not the line file's id {line.id!r}")
+    if mqtt.enabled and mqtt.password_file is not None and not mqtt.password_file.exists():
+        out.append(f"[mqtt] password_file {mqtt.password_file} does not exist: the broker will refuse this node "
+                   f"(put its password there, readable by the service user only)")
     calibration = getattr(config.station.options, "calibration", None)
     if config.station.kind == "inspection" and isinstance(calibration, Path) and not calibration.exists():
         out.append(f"[station] calibration {calibration} does not exist yet: the inspection compares with the "

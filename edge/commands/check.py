@@ -15,13 +15,16 @@ from edge.nodekey import NodeKeyError, load
     arg("files", nargs="+", metavar="FILE", help="station files and line files (TOML)"),
     arg("-q", "--quiet", action="store_true", help="print only errors"),
     description="Check station and line files: types, ranges, unknown keys, pin and port\n"
-                "conflicts, and that a station's line file exists and loads. Every error is\n"
-                "printed as FILE:LINE: [section] key: message, all of them at once.\n\n"
+                "conflicts (the console UART's pins too), port paths, that a station's line file\n"
+                "exists, loads and has the station's line id, and that no two station files\n"
+                "given share a node id. Every error is printed as FILE:LINE: [section] key:\n"
+                "message, all of them at once; warnings (a missing key or password file) too.\n\n"
                 "example:\n  edge check-config /etc/fabrique-edge/station.toml\n"
                 "  edge check-config examples/line/*.toml",
 )
 def check_config(args: argparse.Namespace) -> int:
     worst = 0
+    ids: dict[str, str] = {}  # node id -> the station file that named it first
     for path in args.files:
         try:
             config = load_any(path)
@@ -30,6 +33,11 @@ def check_config(args: argparse.Namespace) -> int:
             config, issues = None, exc.issues
             if exc.unreadable:
                 worst = 2
+        if isinstance(config, StationConfig) and config.node.id:
+            first = ids.setdefault(config.node.id, path)
+            if first != path:
+                issues = [*issues, f"{path}: [node] id: {config.node.id!r} is also the id in {first}: two nodes "
+                                   f"with one id overwrite each other's state and refuse each other's events"]
         for issue in issues:
             print(issue, file=sys.stderr)
         if issues:

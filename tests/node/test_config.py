@@ -371,3 +371,44 @@ def test_random_bytes_never_crash_the_loader(tmp_path, blob):
         load_station(path)
     except ConfigError as err:
         assert err.issues
+
+
+@pytest.mark.parametrize(("port", "message"), [
+    ("COM3", "'COM3' is a Windows port name; on the Pi a serial port is a path like /dev/ttyUSB0"),
+    ("dev/ttyUSB0", "'dev/ttyUSB0' is not an absolute path: did you mean \"/dev/ttyUSB0\"?"),
+])
+def test_a_port_that_is_not_a_device_path_is_a_located_error(tmp_path, port, message):
+    path = station_file(tmp_path, GOOD + f'\n[hardware.grbl]\ntype = "serial"\nport = "{port}"\nprotocol = "grbl"\n')
+    with pytest.raises(ConfigError) as err:
+        load_station(path)
+    assert any(message in str(i) and "[hardware.grbl] port" in str(i) for i in err.value.issues), err.value.issues
+    console = station_file(tmp_path, GOOD + f'\n[console]\nserial_port = "{port}"\n')
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_station(console)
+
+
+def test_a_pin_on_the_console_uarts_tx_or_rx_is_an_error_while_the_console_uses_it(tmp_path):
+    body = GOOD.replace('pin = "GPIO22"', 'pin = "GPIO14"')
+    with pytest.raises(ConfigError) as err:
+        load_station(station_file(tmp_path, body + '\n[console]\nserial_port = "/dev/ttyAMA0"\n'))
+    assert any("[hardware.fan] pin" in str(i) and "GPIO14 is the console UART's TX (header pin 8)" in str(i)
+               for i in err.value.issues), err.value.issues
+    assert load_station(station_file(tmp_path, body + '\n[console]\nserial_port = "/dev/ttyUSB0"\n'))  # USB: free
+
+
+def test_a_station_on_another_line_than_its_line_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[node\] line: 'trailer-2' is not the id of its line file .* \('demo'\)"):
+        load_station(station_file(tmp_path, GOOD.replace('line = "demo"', 'line = "trailer-2"')))
+
+
+def test_check_config_refuses_two_station_files_with_one_node_id_and_warns_of_a_missing_password(tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    first = station_file(a, GOOD + f'\n[mqtt]\npassword_file = "{tmp_path / "nope.password"}"\n')
+    second = station_file(b, GOOD)
+    result = run_edge("check-config", str(first), str(second))
+    assert result.returncode == 1
+    assert f"{second}: [node] id: 'laser-1' is also the id in {first}" in result.stderr
+    assert f"warning: [mqtt] password_file {tmp_path / 'nope.password'} does not exist" in result.stderr

@@ -60,7 +60,8 @@ def test_the_example_stations_check_without_warnings_but_the_files_a_technician_
     done = run_edge("check-config", *[str(p) for p in sorted(EXAMPLES.glob("*.toml"))])
     assert done.returncode == 0, done.stderr
     warnings = [w for w in done.stderr.splitlines() if "warning" in w]
-    made = ("[node] key_file /etc/fabrique-edge/node.key", "[station] calibration /var/lib/fabrique-edge/")
+    made = ("[node] key_file /etc/fabrique-edge/node.key", "[station] calibration /var/lib/fabrique-edge/",
+            "[mqtt] password_file /etc/fabrique-edge/mqtt.password")  # the files a technician makes
     assert warnings and all(any(m in w for m in made) for w in warnings), warnings
     calibrate = [w for w in warnings if "calibration" in w]
     assert len(calibrate) == 1 and "inspection.toml" in calibrate[0] and "edge inspection calibrate" in calibrate[0]

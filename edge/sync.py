@@ -185,6 +185,7 @@ class Sync:
         self.counters = {"published": 0, "received": 0, "ingested": 0, "duplicates": 0, "dropped": 0, "clamped": 0,
                          "forged": 0, "refused": 0, "repaired": 0, "connects": 0}
         self.refusals: dict[str, str] = {}  # cause -> broker's reason, logged once per cause
+        self.problem: dict[str, Any] | None = None  # why the broker cannot be reached, while it cannot
         self.refused_until = 0.0
         self.retained_jobs: dict[str, dict[str, int]] = {}  # job -> heads of the retained state seen
         self.republish_at: float | None = None
@@ -286,8 +287,12 @@ class Sync:
                             self.link.host, self.link.port)
                 self.link.protocol = 4
                 return
-            log.warning("broker %s:%d refused the connection: %s", self.link.host, self.link.port, data["reason"])
+            self._cannot_reach(broker_cause(data["reason"]), f"refused the connection: {data['reason']}")
             return
+        if self.problem is not None:
+            log.info("reached the broker %s:%d again (it was: %s)", self.link.host, self.link.port,
+                     self.problem["cause"])
+            self.problem = None
         self.connected_gen = data["gen"]
         self.resumed = data.get("session_present", False)
         for peer in self.peers.values():
@@ -319,6 +324,8 @@ class Sync:
     def _lost(self, why: str) -> None:
         if self.connected_gen:
             log.warning("lost the broker: %s (outbox %d, keeps working offline)", why, self.store.outbox_size())
+        else:
+            self._cannot_reach(broker_cause(why), why)
         self.connected_gen = 0
         self.inflight.clear()
         self.inflight_ids.clear()
@@ -605,9 +612,48 @@ class Sync:
     def forget_job(self, job: str) -> None:
         self.retained_jobs.pop(job, None)
 
+    def _cannot_reach(self, cause: str, detail: str) -> None:
+        """Why the broker cannot be reached, in the log once per cause (not once per retry) and
+        in the status while it lasts. What follows a known cause (the socket closing after a
+        refused CONNACK: "protocol error") says nothing new."""
+        if cause == "other" and self.problem is not None:
+            return
+        if self.problem is None or self.problem["cause"] != cause:
+            log.warning("cannot reach the broker %s:%d: %s (%s); working offline, trying again", self.link.host,
+                        self.link.port, CAUSES.get(cause, cause), detail[:200])
+        self.problem = {"cause": cause, "detail": detail[:200], "host": self.link.host, "port": self.link.port}
+
     def status(self) -> dict[str, Any]:
         return {"connected": self.connected, "session": self.session, **self.counters,
-                "refusals": dict(self.refusals)}
+                "refusals": dict(self.refusals), "problem": self.problem}
+
+
+CAUSES = {
+    "dns": "its host name does not resolve (DNS, /etc/hosts, or mDNS for .local names)",
+    "refused": "nothing listens there (is mosquitto running, on this port?)",
+    "not_authorised": "it refuses this node's user name or password ([mqtt] username, password_file, the "
+                      "broker's password file)",
+    "network": "no network route to it (Wi-Fi, cable, address)",
+    "no_answer": "it does not answer (a firewall, a frozen broker, or not MQTT on that port)",
+    "other": "see the detail",
+}
+
+
+def broker_cause(error: str) -> str:
+    """The kind of reason a broker cannot be reached, from the error's text: one of CAUSES."""
+    e = error.lower()
+    if any(w in e for w in ("name or service not known", "name resolution", "nodename nor servname",
+                            "no address associated", "getaddrinfo")):
+        return "dns"
+    if "connection refused" in e:
+        return "refused"
+    if "not authori" in e or "bad user name or password" in e or "bad username or password" in e:
+        return "not_authorised"
+    if "network is unreachable" in e or "no route to host" in e:
+        return "network"
+    if "no connack" in e or "timed out" in e:
+        return "no_answer"
+    return "other"
 
 
 def parse_vector(value: Any) -> dict[str, int]:

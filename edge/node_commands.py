@@ -216,11 +216,28 @@ class NodeCommands:
         state = self._job_or_fail(args["job"])
         kind = self.node.config.station.kind
         step = state.step(kind)
+        if kind == "transfer" and state.position == "transfer" and (step is None or step.status == "done"):
+            return self._retry_move(args["job"])
         if step is None or step.status not in ("failed", "running"):
             raise CommandError(f"{kind} step of {args['job']} is {step.status if step else 'not on its route'}: "
                                f"only a failed or stuck step is retried")
         self.node.record(args["job"], "override", {"step": kind, "to": "pending", "reason": "retry by operator"})
         return self._job_or_fail(args["job"]).to_json()
+
+    def _retry_move(self, job: str) -> dict[str, Any]:
+        """A move between two stations cut short (a power cut on the belt): the operator has put
+        the tray back where it left from; the ledger says so, and the transfer moves it again."""
+        assert self.node.store is not None
+        left_from = ""
+        for ev in sorted(self.node.store.job_events(job), key=lambda e: e.key):
+            if ev.type == "step_arrived" and ev.step != "transfer":
+                left_from = ev.step
+        if not left_from:
+            raise CommandError(f"job {job} is on the belt but never reached a station: put its tray back at the "
+                               f"start and `skip` or `override` its steps as they are")
+        self.node.record(job, "step_arrived", {"step": left_from, "carrier": self._job_or_fail(job).carrier,
+                                               "reason": f"retry by operator: the tray is back at the {left_from}"})
+        return self._job_or_fail(job).to_json()
 
     def _cmd_skip(self, args: dict[str, Any]) -> dict[str, Any]:
         state = self._job_or_fail(args["job"])

@@ -142,6 +142,7 @@ class Day:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # job -> its last state seen
     retries: dict[tuple[str, str], int] = field(default_factory=dict)
     failed_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    on_belt: dict[str, float] = field(default_factory=dict)  # job -> since when its tray sits on the belt unmoved
     scanning: tuple[Visitor, float, tuple[int, int]] | None = None
     queue: list[Visitor] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -277,6 +278,9 @@ class Day:
             if failed is not None:
                 self._operator(v, failed, now)
                 continue
+            if state.get("position") == "transfer" and self._move_cut(v, now):
+                continue
+            self.on_belt.pop(v.job, None)
             pickup = steps.get("pickup", {})
             if pickup.get("status") == "running" and now - v.last_pickup_scan > 15 / self.speed:
                 node = self._node("pickup")
@@ -287,6 +291,21 @@ class Day:
                         v.last_pickup_scan = now
                 except OSError:
                     pass
+
+    def _move_cut(self, visitor: Visitor, now: float) -> bool:
+        """A tray on the belt that the transfer is not moving (its move was cut by a power cut):
+        the operator puts it back where it came from and types `retry` at the transfer."""
+        status = self._ask("transfer", "status") or {}
+        moving = ((status.get("station") or {}).get("moving") or {}).get("job")
+        if moving == visitor.job or not status:
+            self.on_belt.pop(visitor.job, None)
+            return True
+        since = self.on_belt.setdefault(visitor.job, now)
+        if now - since >= 2 * OPERATOR_S / self.speed and self._ask("transfer", f"retry {visitor.job}") is not None:
+            self.on_belt.pop(visitor.job, None)
+            self._acted("retry", f"retry {visitor.job} at {self.nodes['transfer'].name} (its move was cut: "
+                                 f"the tray put back)")
+        return True
 
     def _operator(self, visitor: Visitor, step: dict[str, Any], now: float) -> None:
         key = (visitor.job, step["step"])

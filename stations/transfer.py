@@ -338,9 +338,12 @@ class Transfer:
             if state.position != STEP or (own is not None and own.status == "failed"):
                 continue
             self.counters["interrupted"] += 1
-            actions += [Record(job, "step_failed", {"step": STEP, "reason": "interrupted: node restarted"}),
-                        Tell(f"job {job}: its move was cut by a restart; the part may be anywhere on the "
-                             f"belt (retry or skip it at the console)", ok=False)]
+            if own is None or own.status != "done":
+                actions.append(Record(job, "step_failed", {"step": STEP, "reason": "interrupted: node restarted"}))
+            # a move after the transfer's own route step was done: failing that step again would only be a
+            # conflict in the ledger; the job stays on the belt until the operator's `retry` puts it back
+            actions.append(Tell(f"job {job}: its move was cut by a restart; the part may be anywhere on the belt "
+                                f"(retry or skip it at the console)", ok=False))
         return actions
 
     def get_status(self) -> dict[str, Any]:

@@ -142,6 +142,7 @@ class Day:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # job -> its last state seen
     retries: dict[tuple[str, str], int] = field(default_factory=dict)
     failed_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # station kind -> its status this round
     on_belt: dict[str, float] = field(default_factory=dict)  # job -> since when its tray sits on the belt unmoved
     scanning: tuple[Visitor, float, tuple[int, int]] | None = None
     queue: list[Visitor] = field(default_factory=list)
@@ -191,6 +192,7 @@ class Day:
         (else any station that answers)."""
         for kind, node in self.nodes.items():
             status = self._ask(kind, "status") if node.running else None
+            self.statuses[kind] = status or {}
             self.view.station(node.name, status if status is not None else {"state": "down"})
         jobs = None
         for kind in ("pickup", *self.nodes):
@@ -295,7 +297,7 @@ class Day:
     def _move_cut(self, visitor: Visitor, now: float) -> bool:
         """A tray on the belt that the transfer is not moving (its move was cut by a power cut):
         the operator puts it back where it came from and types `retry` at the transfer."""
-        status = self._ask("transfer", "status") or {}
+        status = self.statuses.get("transfer") or {}  # as read this round by _look
         moving = ((status.get("station") or {}).get("moving") or {}).get("job")
         if moving == visitor.job or not status:
             self.on_belt.pop(visitor.job, None)

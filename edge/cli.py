@@ -69,6 +69,20 @@ def command(name: str, help: str, *args: Arg, description: str | None = None) ->
     return register
 
 
+def load_station_and_line(path: str) -> Any:
+    """A station file and its line file, or the ConfigError after printing each of its issues
+    on stderr (the caller picks the exit status)."""
+    from edge.config import ConfigError, load_line, load_station
+
+    try:
+        config = load_station(path)
+        return config, load_line(config.node.line_file)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return exc
+
+
 def _load_commands() -> None:
     import edge.commands
 

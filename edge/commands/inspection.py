@@ -9,8 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from edge.cli import arg, command, group
-from edge.config import ConfigError, HardwareConfig, LineConfig, load_line, load_station
+from edge.cli import arg, command, group, load_station_and_line
+from edge.config import ConfigError, HardwareConfig, LineConfig
 from edge.storage import write_atomic
 
 group("inspection", "the inspection camera: calibrate its colours")
@@ -46,12 +46,10 @@ SPREAD_FACTOR = 4.0  # the tolerance suggested is this many times the frames' ow
                 "  edge inspection calibrate --config station.toml --images ./reference --yes",
 )
 def calibrate(args: argparse.Namespace) -> int:
-    try:
-        config = load_station(args.config)
-        line = load_line(config.node.line_file)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    loaded = load_station_and_line(args.config)
+    if isinstance(loaded, ConfigError):
         return 2
+    config, line = loaded
     options = config.station.options
     if config.station.kind != "inspection" or options is None:
         print(f"{args.config}: a {config.station.kind} station; calibration is for an inspection station",

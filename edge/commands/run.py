@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from edge.cli import arg, command
-from edge.config import ConfigError, load_line, load_station
+from edge.cli import arg, command, load_station_and_line
+from edge.config import ConfigError
 from edge.logs import setup_logging
 from edge.node import Node, start_error
 
@@ -38,13 +38,10 @@ log = logging.getLogger("edge.run")
                 "  GPIOZERO_PIN_FACTORY=mock edge run --config examples/line/transfer.toml",
 )
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_station(args.config)
-        line = load_line(config.node.line_file)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        return 2 if exc.unreadable else 1
+    loaded = load_station_and_line(args.config)
+    if isinstance(loaded, ConfigError):
+        return 2 if loaded.unreadable else 1
+    config, line = loaded
     if (args.clock_skew or args.speed != 1.0) and not args.world:
         print("edge run: --clock-skew and --speed change the simulated world; they need --world", file=sys.stderr)
         return 2

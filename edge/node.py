@@ -33,6 +33,7 @@ from edge.notify import SystemdNotifier
 from edge.store import Store, StoreBusy, wall_ms
 
 log = logging.getLogger(__name__)
+HEALTHY_TICK_S = 30.0  # a tick failing for this long stops the watchdog pings: systemd restarts the node
 IDLE, BUSY, FAULT, MANUAL, ESTOP, STARTING, STOPPED = (
     "idle", "busy", "fault", "manual", "estop", "starting", "stopped")
 
@@ -84,6 +85,7 @@ class Node:
         self.archive_every_s = archive_every_s
         self.last_archive = time.monotonic()
         self.last_retry = time.monotonic()
+        self.tick_ok_at = time.monotonic()  # the last tick that completed (health, watchdog)
         self.mqtt = NodeMqtt(self)  # sets self.sync once MQTT starts
         self.commands = CommandSet()
         self.consoles: list[Any] = []
@@ -261,7 +263,8 @@ class Node:
         self.running = True
         interval = SystemdNotifier.watchdog_interval()
         wait = min(self.tick, interval) if interval else self.tick
-        last_ping = last_tick = time.monotonic()
+        last_ping = last_tick = self.tick_ok_at = time.monotonic()
+        unwell = ""
         while self.running:
             try:
                 event = self.queue.get(timeout=wait)
@@ -272,20 +275,44 @@ class Node:
                 if self.queue.empty() and self.sync is not None:
                     self._guarded("flush", self.sync.flush)  # group commit: all that arrived, one write
             now = time.monotonic()
-            if interval and now - last_ping >= interval:
-                self.notifier.watchdog()
-                last_ping = now
             if now - last_tick >= self.tick:
                 last_tick = now
-                self._guarded("tick", self._tick)
+                if self._guarded("tick", self._tick):
+                    self.tick_ok_at = time.monotonic()
+            if interval and now - last_ping >= interval:
+                problem = self.health()
+                if problem is None:  # a stuck loop never gets here: systemd restarts the node
+                    self.notifier.watchdog()
+                    last_ping = now
+                    if unwell:
+                        log.warning("the loop is well again: watchdog pings resume")
+                        unwell = ""
+                elif problem != unwell:
+                    log.error("no watchdog ping: %s (systemd restarts the node after WatchdogSec)", problem)
+                    self.notifier.status(f"unwell: {problem}")
+                    unwell = problem
 
-    def _guarded(self, what: str, fn: Callable[[], Any]) -> None:
-        """Nothing from the network, a file or a bug stops the loop: log, count, go on."""
+    def health(self) -> str | None:
+        """Why the node should be restarted, or None: the check the loop makes before each
+        watchdog ping. The tick (devices, timers, sync, archive) must have completed recently,
+        and the MQTT thread must be alive."""
+        quiet = time.monotonic() - self.tick_ok_at
+        if quiet > max(HEALTHY_TICK_S, 10 * self.tick):
+            return f"the loop's tick has not completed for {quiet:.0f} s (see the errors above)"
+        if self.sync is not None and self.sync.network.ident is not None and not self.sync.network.is_alive():
+            return "the MQTT thread has died"
+        return None
+
+    def _guarded(self, what: str, fn: Callable[[], Any]) -> bool:
+        """Nothing from the network, a file or a bug stops the loop: log, count, go on.
+        True when `fn` completed."""
         try:
             fn()
+            return True
         except Exception:
             self.counters["errors"] += 1
             log.exception("%s failed", what)
+            return False
 
     def apply(self, event: Event) -> None:
         """Run the handlers of one event; a failing handler is logged and counted, never fatal."""

@@ -4,6 +4,17 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+
+def shared(folder: str) -> list[tuple[str, list[str]]]:
+    """Files an installed node needs beside the code (units, broker configs, examples, docs),
+    installed under <prefix>/share/fabrique-edge/ (edge.share finds them there)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            out.setdefault(f"share/fabrique-edge/{path.parent}", []).append(str(path))
+    return sorted(out.items())
+
+
 setup(
     name="fabrique-edge",
     version="0.1.0",
@@ -35,6 +46,7 @@ setup(
         "pi": ["picamera2", "lgpio"],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5", "pexpect>=4.8"],
     },
+    data_files=shared("systemd") + shared("examples") + shared("docs") + [("share/fabrique-edge", ["README.md"])],
     entry_points={"console_scripts": ["edge = edge.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

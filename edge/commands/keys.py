@@ -9,7 +9,7 @@ from edge.cli import arg, command, group
 from edge.config import ConfigError, load_line, load_station
 from edge.nodekey import NodeKeyError, line_entry, load, load_or_create
 
-group("keys", "the node's event-signing key: make it, show the line to add to the line file")
+group("keys", "the node's event-signing key, the operator PIN, the line's MQTT secret")
 
 CONFIG = arg("--config", metavar="STATION_FILE", required=True, help="the node's station file")
 
@@ -106,4 +106,54 @@ def keys_pin(args: argparse.Namespace) -> int:
         return 1
     print("# under [console] in the station file (the PIN itself is not stored):")
     print(f'pin_hash = "{hash_pin(pin)}"')
+    return 0
+
+
+@command(
+    "keys secret", "make the line's secret: every MQTT password of the line is derived from it",
+    arg("file", metavar="FILE", help="where to write it (mode 0600; an existing file is never overwritten)"),
+    description="Make a new line secret (32 random bytes, base64). `edge provision --secret FILE`\n"
+                "derives each MQTT account's password from it: the hub's password files and\n"
+                "each node's password file then agree without anyone typing a password, and a\n"
+                "replaced node gets its password back. Keep it with the line's backups, off the\n"
+                "trailer's network; anyone holding it can log in as any account of the line.\n\n"
+                "example:\n  edge keys secret line.secret",
+)
+def keys_secret(args: argparse.Namespace) -> int:
+    import os
+
+    from edge.provision import new_secret
+
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"{args.file} exists: kept (a new secret changes every password of the line)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "wb") as f:
+        f.write(new_secret())
+    print(f"made {args.file}: keep it with the line's keys, never in the trailer's network share")
+    return 0
+
+
+@command(
+    "keys password", "print one MQTT account's password (a dashboard tool's, say), derived from the line's secret",
+    arg("account", help="the account: a node id, or dashboard, operator, homeassistant"),
+    arg("--secret", metavar="FILE", required=True, help="the line's secret (edge keys secret)"),
+    description="Print the password `edge provision --hub` gave ACCOUNT on the broker, for a tool\n"
+                "that logs in with it (a dashboard, Home Assistant). It goes to standard output only.\n\n"
+                "example:\n  edge keys password dashboard --secret line.secret",
+)
+def keys_password(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge.provision import ProvisionError, account_password, read_secret
+
+    try:
+        print(account_password(read_secret(Path(args.secret)), args.account))
+    except ProvisionError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return 0

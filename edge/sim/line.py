@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.ledger import Event, EventSigner
+from edge.provision import nodes_acl as render_nodes_acl
 from edge.store import Store
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,8 @@ def wait_until(check: Callable[[], Any], timeout: float = 60, what: str = "condi
 
 class SimBroker:
     """One mosquitto process running the shipped hub config, rewritten for this machine:
-    its two listeners on free loopback ports, its files in `workdir`, the shipped ACLs as they are.
+    its two listeners on free loopback ports, its files in `workdir`, the shipped people's ACL as
+    it is and the nodes' ACL made for `users` as `edge provision --hub` makes it.
 
     `users` are node accounts (nodes' listener, `port`), `people` the dashboard, operator and
     Home Assistant accounts (people's listener, `people_port`).
@@ -154,7 +156,7 @@ class SimBroker:
                     people_acl: str | None, nodes_acl: str | None) -> None:
         make_passwords(self.dir / "nodes.passwd", users)
         make_passwords(self.dir / "people.passwd", people)
-        (self.dir / "nodes.acl").write_text(nodes_acl or (SHIPPED / "nodes.acl").read_text())
+        (self.dir / "nodes.acl").write_text(nodes_acl or render_nodes_acl(users))
         (self.dir / "people.acl").write_text(people_acl or (SHIPPED / "people.acl").read_text())
         ports = iter([self.port, self.people_port])
         lines = []
@@ -164,9 +166,8 @@ class SimBroker:
                 line = f"listener {next(ports)} 127.0.0.1"
             elif key in ("password_file", "acl_file"):
                 line = f"{key} {self.dir / Path(value).name}"
-            elif key == "persistence_location":
-                line = f"persistence_location {self.dir}/"
             lines.append(line)
+        lines.append(f"persistence_location {self.dir}/")  # Debian's mosquitto.conf sets it on a hub
         # mosquitto started as root drops to user `mosquitto`, which cannot read a private tmp dir
         lines += [f"user {pwd.getpwuid(os.geteuid()).pw_name}", f"log_dest file {self.log}",
                   "log_type information"]

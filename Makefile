@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := mosquitto mosquitto-clients gcc-avr avr-libc simavr libsimavr-dev libelf-dev pkg-config
+APT_PACKAGES := systemd mosquitto mosquitto-clients gcc-avr avr-libc simavr libsimavr-dev libelf-dev pkg-config
 
 .PHONY: demo test lint bench system-deps venv firmware clean help
 

@@ -55,6 +55,7 @@ from edge.storage import HOT_FILE, Archive, HotStorage, parse_record
 
 log = logging.getLogger(__name__)
 Wall = Callable[[], int]
+LOCK_FILE = "lock"  # flock-ed (exclusive) by the one process that writes the data dir
 
 class StoreBusy(RuntimeError):
     """Another process already writes this data dir."""
@@ -62,6 +63,23 @@ class StoreBusy(RuntimeError):
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def writer_running(data_dir: str | Path) -> bool:
+    """Whether a process (`edge run`) writes this data dir now: its lock is held. Asked without
+    waiting and let go at once (a shared lock for an instant); OSError when the lock file cannot
+    be opened (permissions)."""
+    try:
+        fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing lets go of the shared lock
+    return False
 
 
 # ---------------------------------------------------------------- the store
@@ -219,7 +237,7 @@ class Store:
             self._lock_fd = None
 
     def _lock(self) -> None:
-        fd = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -186,30 +186,34 @@ def stream_command(args: argparse.Namespace) -> int:
     return status
 
 
+def identify(port: str, flavor: str = "board", baudrate: int = 115200) -> str:
+    """One line saying what answers on `port`: our board's HELLO, GRBL's version or Marlin's M115.
+
+    Raises LinkFault, GrblFault or MarlinFault (absent port, no answer, another device)."""
+    if flavor == "board":
+        with BoardLink(port, baudrate=baudrate, heartbeat=0) as link:
+            who = link.identity
+            assert who is not None
+            return (f"{who.name} firmware {who.version} protocol {who.protocol}: "
+                    f"{who.outputs} outputs, {who.inputs} inputs, {who.servos} servos")
+    if flavor == "grbl":
+        grbl = Grbl(port, baudrate)
+        try:
+            version = grbl.open()
+            return f"GRBL {version}: RX buffer {grbl.rx_buffer} bytes, state {grbl.status().state}"
+        finally:
+            grbl.close()
+    marlin = Marlin(port, baudrate)
+    try:
+        marlin.open()
+        return marlin.identify()
+    finally:
+        marlin.close()
+
+
 def identify_command(args: argparse.Namespace) -> int:
     try:
-        if args.flavor == "board":
-            with BoardLink(args.port, baudrate=args.baud, heartbeat=0) as link:
-                who = link.identity
-                assert who is not None
-                print(
-                    f"{who.name} firmware {who.version} protocol {who.protocol}: "
-                    f"{who.outputs} outputs, {who.inputs} inputs, {who.servos} servos"
-                )
-        elif args.flavor == "grbl":
-            grbl = Grbl(args.port, args.baud)
-            try:
-                version = grbl.open()
-                print(f"GRBL {version}: RX buffer {grbl.rx_buffer} bytes, state {grbl.status().state}")
-            finally:
-                grbl.close()
-        else:
-            marlin = Marlin(args.port, args.baud)
-            try:
-                marlin.open()
-                print(marlin.identify())
-            finally:
-                marlin.close()
+        print(identify(args.port, args.flavor, args.baud))
     except (LinkFault, GrblFault, MarlinFault) as exc:
         raise BadInput(str(exc)) from exc
     return 0

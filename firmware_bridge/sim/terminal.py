@@ -59,8 +59,11 @@ class PtyDevice:
                 view = view[n:]
 
     def unplug(self) -> None:
-        """Yank the cable: close both pty ends so the host gets EIO."""
+        """Yank the cable: close both pty ends so the host gets EIO. The reader thread stops
+        first: closed descriptor numbers are reused by the next file opened, which it would read."""
         self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
         with self._write_lock:
             if not self._plugged:
                 return

@@ -218,7 +218,7 @@ class Product:
 
 @dataclass(frozen=True)
 class LineConfig:
-    """The line file: products, their routes and the keys that sign orders."""
+    """The line file: products, their routes, the keys that sign orders, events and updates."""
 
     source: Path
     id: str
@@ -229,6 +229,7 @@ class LineConfig:
     node_keys: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     materials: dict[str, MaterialSpec] = field(default_factory=dict)
     colours: dict[str, ColourSpec] = field(default_factory=dict)
+    update_keys: dict[str, bytes] = field(default_factory=dict)  # who may sign bundles (edge bundle apply)
 
 
 # ---------------------------------------------------------------- pins
@@ -530,6 +531,7 @@ def load_line(path: str | Path) -> LineConfig:
     s.finish()
     keys, max_age = _read_orders(doc)
     node_keys = _read_node_keys(doc)
+    update_keys = _read_update_keys(doc, keys)
     materials = _read_materials(doc)
     colours = _read_colours(doc)
     products: dict[str, Product] = {}
@@ -541,10 +543,10 @@ def load_line(path: str | Path) -> LineConfig:
         product = _read_product(doc, pid, materials, colours)
         if product is not None:
             products[pid] = product
-    doc.finish_top(("line", "orders", "nodes", "products", "materials", "colours"))
+    doc.finish_top(("line", "orders", "nodes", "updates", "products", "materials", "colours"))
     doc.raise_if_issues()
     return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0, node_keys,
-                      materials, colours)
+                      materials, colours, update_keys)
 
 
 def _public_key(s: Section, key: str, value: Any) -> bytes | None:
@@ -580,6 +582,39 @@ def _read_node_keys(doc: Document) -> dict[str, tuple[bytes, ...]]:
         keys = [k for k in (_public_key(ks, node, v) for v in values) if k is not None]
         if keys and len(keys) == len(values):
             out[node] = tuple(keys)
+    s.finish()
+    return out
+
+
+UPDATE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def _read_update_keys(doc: Document, order_keys: dict[str, bytes]) -> dict[str, bytes]:
+    """`[updates.keys]`: name = "base64 public key" of each key whose signed bundles the nodes
+    install (edge bundle apply); no table, no update accepted. An order-signing key may not be
+    one: it lives on the app backend, which must not be able to put code on the nodes."""
+    s = doc.section("updates", required=False)
+    raw_keys = s.table("keys")
+    ks = Section(doc, ("updates", "keys"), raw_keys)
+    out: dict[str, bytes] = {}
+    names: dict[bytes, str] = {}
+    for name, value in raw_keys.items():
+        if not UPDATE_KEY_RE.match(name):
+            ks.issue(name, "a key name is 1-32 characters of letters, digits, '-' and '_'")
+            continue
+        raw = _public_key(ks, name, value)
+        if raw is None:
+            continue
+        if raw in names:
+            ks.issue(name, f"is the same key as {names[raw]}")
+            continue
+        order = next((kid for kid, key in order_keys.items() if key == raw), None)
+        if order is not None:
+            ks.issue(name, f"is the order-signing key [orders.keys] {order}: make a key for updates only "
+                           f"(edge orders keygen) and keep it off the app backend")
+            continue
+        names[raw] = name
+        out[name] = raw
     s.finish()
     return out
 

@@ -534,6 +534,7 @@ class Node:
         status: dict[str, Any] = {
             "node": self.config.node.id, "kind": self.config.station.kind, "state": self.state,
             "reason": self.reason, "job": self.current_job,
+            "version": __version__,  # edge bundle apply checks a restarted node runs the new version
             "counters": {**self.counters, "loop_events": self.loop_events},
             "devices": self.board.status(),
         }

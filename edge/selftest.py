@@ -195,8 +195,8 @@ def node_view(config: StationConfig) -> NodeView:
     return NodeView(locked, how)
 
 
-def ask_status(path: str) -> tuple[dict[str, Any] | None, str]:
-    """The node's `status` over its console socket, or None and why not."""
+def ask_status(path: str, timeout: float = 5.0) -> tuple[dict[str, Any] | None, str]:
+    """The node's `status` over its console socket, or None and why not (also edge bundle apply's)."""
     from edge.commands.console import SocketLink, Unreachable
 
     async def ask() -> Any:
@@ -207,9 +207,11 @@ def ask_status(path: str) -> tuple[dict[str, Any] | None, str]:
             await link.close()
 
     try:
-        reply = asyncio.run(ask())
+        reply = asyncio.run(asyncio.wait_for(ask(), timeout))
     except Unreachable as exc:
         return None, str(exc)
+    except TimeoutError:
+        return None, f"no answer on {path} within {timeout:g} s"
     if reply.ok and isinstance(reply.result, dict):
         return reply.result, ""
     return None, reply.error or "no status in its answer"

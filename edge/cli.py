@@ -69,6 +69,24 @@ def command(name: str, help: str, *args: Arg, description: str | None = None) ->
     return register
 
 
+def write_secret_file(path: str | Any, body: bytes, kept: str = "not overwriting a key") -> int:
+    """Write a new private file (mode 0600, never over an existing one): 0, or the exit status
+    after printing why not (`kept`: what an existing file means to the user)."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"{path}: already exists; {kept}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+    return 0
+
+
 def load_station_and_line(path: str) -> Any:
     """A station file and its line file, or the ConfigError after printing each of its issues
     on stderr (the caller picks the exit status)."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
 
 from edge.bundle import BundleError, Target, check_files, check_signature, create, describe, public_key, read
-from edge.cli import arg, command, group
+from edge.cli import arg, command, group, write_secret_file
 from edge.config import ConfigError, LineConfig, load_any, load_line
 from edge.install import BIN_DIR, PREFIX, Layout
 from edge.update import RESTART, Plan, UpdateFailed, apply
@@ -48,14 +47,8 @@ def bundle_keygen(args: argparse.Namespace) -> int:
     if not UPDATE_KEY_RE.match(args.name):
         return _fail(f"--name {args.name!r}: 1-32 characters of letters, digits, '-' and '_'", 2)
     key = new_private_key()
-    try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _fail(f"{args.out}: already exists; not overwriting a key", 2)
-    except OSError as exc:
-        return _fail(f"{args.out}: {exc.strerror}", 2)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_key_pem(key))
+    if write_secret_file(args.out, private_key_pem(key)):
+        return 2
     print(f"# private key written to {args.out} (mode 0600): it signs software for the nodes; keep it on this "
           f"laptop and in the line's backups only")
     print("# add this line under [updates.keys] in the line file (then give the line file to every node):")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.cli import arg, command, group
+from edge.cli import arg, command, group, write_secret_file
 from edge.config import ConfigError, load_line, load_station
 from edge.nodekey import NodeKeyError, line_entry, load, load_or_create
 
@@ -120,20 +120,10 @@ def keys_pin(args: argparse.Namespace) -> int:
                 "example:\n  edge keys secret line.secret",
 )
 def keys_secret(args: argparse.Namespace) -> int:
-    import os
-
     from edge.provision import new_secret
 
-    try:
-        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        print(f"{args.file} exists: kept (a new secret changes every password of the line)", file=sys.stderr)
+    if write_secret_file(args.file, new_secret(), kept="kept (a new secret changes every password of the line)"):
         return 1
-    except OSError as exc:
-        print(f"{args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    with os.fdopen(fd, "wb") as f:
-        f.write(new_secret())
     print(f"made {args.file}: keep it with the line's keys, never in the trailer's network share")
     return 0
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from edge.cli import arg, command, group
+from edge.cli import arg, command, group, write_secret_file
 from edge.config import ConfigError, LineConfig, load_line, load_station
 from edge.orders import (
     Order,
@@ -44,16 +43,8 @@ LINE_ARGS = (
 def orders_keygen(args: argparse.Namespace) -> int:
     out = Path(args.out)
     key = new_private_key()
-    try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        print(f"{out}: already exists; not overwriting a key", file=sys.stderr)
+    if write_secret_file(out, private_key_pem(key)):
         return 2
-    except OSError as exc:
-        print(f"{out}: {exc.strerror}", file=sys.stderr)
-        return 2
-    with os.fdopen(fd, "wb") as f:
-        f.write(private_key_pem(key))
     print(f"# private key written to {out} (mode 0600); keep it on the app backend only")
     print("# add this line under [orders.keys] in the line file:")
     print(f'{args.key_id} = "{public_key_b64(key)}"')

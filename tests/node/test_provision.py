@@ -37,6 +37,9 @@ def secret(tmp_path) -> Path:
     done = run_edge("keys", "secret", str(path))
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first = path.read_bytes()
+    again = run_edge("keys", "secret", str(path))  # a new secret would change every password of the line
+    assert again.returncode == 1 and "already exists; kept" in again.stderr and path.read_bytes() == first
     return path
 
 

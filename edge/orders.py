@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.config import LineConfig, OptionSpec
+from edge.public import job_secret, order_payload
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,14 @@ class Order:
     issued_at: int = 0
     expires_at: int = 0
     key_id: str = ""
+    secret: str = ""  # the job secret, from the signature (edge.public): proves the visitor's QR
 
     def to_json(self) -> dict[str, Any]:
-        return {"order_id": self.order_id, "product": self.product, "options": dict(self.options),
-                "issued_at": self.issued_at, "expires_at": self.expires_at, "key_id": self.key_id}
+        out = {"order_id": self.order_id, "product": self.product, "options": dict(self.options),
+               "issued_at": self.issued_at, "expires_at": self.expires_at, "key_id": self.key_id}
+        if self.secret:
+            out["secret"] = self.secret
+        return out
 
     def launch_data(self, route: tuple[str, ...] | list[str]) -> dict[str, Any]:
         """The `data` of the ledger's `created` event for this order (job id = order id)."""
@@ -277,7 +282,7 @@ def _verify(payload: object, line: LineConfig, now: float) -> Verdict:
             return _reject("bad_format", "not text: an order payload is QR alphanumeric text")
     if not isinstance(payload, str):
         return _reject("bad_format", f"expected text, got {type(payload).__name__}")
-    text = payload.strip("\r\n\t")
+    text = order_payload(payload.strip("\r\n\t"))  # a QR URL a phone opens holds the payload
     if len(text) > MAX_PAYLOAD_CHARS:
         return _reject("too_long", f"{len(text)} characters; an order is at most {MAX_PAYLOAD_CHARS}")
     if not text.startswith(PREFIX):
@@ -314,7 +319,7 @@ def _verify(payload: object, line: LineConfig, now: float) -> Verdict:
     if problem is not None:
         return problem
     return Verdict(True, Order(order.order_id, order.product, options, order.issued_at,
-                               order.expires_at, order.key_id))
+                               order.expires_at, order.key_id, job_secret(signature)))
 
 
 def _check_options(given: Mapping[str, str | int],

@@ -217,6 +217,24 @@ class Product:
 
 
 @dataclass(frozen=True)
+class StationStory:
+    """What the public is told about a station kind: its title, a short text, the trades behind it."""
+
+    title: str = ""
+    about: str = ""
+    trades: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublicConfig:
+    """`[public]`: what the live views may show (edge.public, edge web)."""
+
+    name: str = "initial"  # the engraved name in public: initial, first or none
+    url: str = ""  # the base of the QR URL a visitor's phone opens (HTTP://HUB.LOCAL)
+    stations: dict[str, StationStory] = field(default_factory=dict)  # by station kind
+
+
+@dataclass(frozen=True)
 class LineConfig:
     """The line file: products, their routes, the keys that sign orders, events and updates."""
 
@@ -230,6 +248,7 @@ class LineConfig:
     materials: dict[str, MaterialSpec] = field(default_factory=dict)
     colours: dict[str, ColourSpec] = field(default_factory=dict)
     update_keys: dict[str, bytes] = field(default_factory=dict)  # who may sign bundles (edge bundle apply)
+    public: PublicConfig = field(default_factory=PublicConfig)  # what the live views show
 
 
 # ---------------------------------------------------------------- pins
@@ -532,6 +551,7 @@ def load_line(path: str | Path) -> LineConfig:
     keys, max_age = _read_orders(doc)
     node_keys = _read_node_keys(doc)
     update_keys = _read_update_keys(doc, keys)
+    public = _read_public(doc)
     materials = _read_materials(doc)
     colours = _read_colours(doc)
     products: dict[str, Product] = {}
@@ -543,10 +563,10 @@ def load_line(path: str | Path) -> LineConfig:
         product = _read_product(doc, pid, materials, colours)
         if product is not None:
             products[pid] = product
-    doc.finish_top(("line", "orders", "nodes", "updates", "products", "materials", "colours"))
+    doc.finish_top(("line", "orders", "nodes", "updates", "public", "products", "materials", "colours"))
     doc.raise_if_issues()
     return LineConfig(Path(path), line_id or "", title or "", products, keys, max_age or 0, node_keys,
-                      materials, colours, update_keys)
+                      materials, colours, update_keys, public)
 
 
 def _public_key(s: Section, key: str, value: Any) -> bytes | None:
@@ -617,6 +637,32 @@ def _read_update_keys(doc: Document, order_keys: dict[str, bytes]) -> dict[str, 
         out[name] = raw
     s.finish()
     return out
+
+
+def _read_public(doc: Document) -> PublicConfig:
+    """`[public]` and `[public.stations.<kind>]`: the name policy, the QR URL base, and what the
+    live views tell about each station kind."""
+    from edge.public import NAME_POLICIES
+
+    s = doc.section("public", required=False)
+    name = s.get_str("name", "initial", choices=NAME_POLICIES)
+    url = s.get_str("url", "")
+    if isinstance(url, str) and url and not re.fullmatch(r"HTTPS?://[A-Z0-9.:-]+", url):
+        s.issue("url", "the base of a QR URL in upper case, e.g. \"HTTP://HUB.LOCAL\" (upper case keeps the QR "
+                       "in alphanumeric mode; no path)")
+        url = ""
+    stations: dict[str, StationStory] = {}
+    for kind, body in s.table("stations").items():
+        ss = Section(doc, ("public", "stations", kind), body if isinstance(body, dict) else {})
+        if not isinstance(body, dict):
+            Section(doc, ("public", "stations"), s.data.get("stations", {})).issue(kind, "must be a table")
+            continue
+        trades = ss.get_str_list("trades", [])
+        stations[kind] = StationStory(ss.get_str("title", ""), ss.get_str("about", ""),
+                                      tuple(trades) if isinstance(trades, list) else ())
+        ss.finish()
+    s.finish()
+    return PublicConfig(name if isinstance(name, str) else "initial", url or "", stations)
 
 
 def _read_orders(doc: Document) -> tuple[dict[str, bytes], int]:

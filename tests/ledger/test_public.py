@@ -56,3 +56,21 @@ def test_the_public_sees_the_name_as_the_line_allows():
     assert public_name("Jean Paul", "first") == "Jean"
     assert public_name("Camille", "none") == ""
     assert public_name("  ", "initial") == ""
+
+
+def test_the_line_file_says_what_the_public_sees_and_a_bad_policy_is_located(tmp_path):
+    import pytest
+
+    from edge.config import ConfigError
+
+    line = load_line(EXAMPLES / "line.toml")
+    assert line.public.name == "initial" and line.public.url == "HTTP://HUB.LOCAL"
+    assert set(line.public.stations) == {"intake", "laser", "printer", "transfer", "inspection", "pickup"}
+    assert sum(len(s.trades) for s in line.public.stations.values()) >= 40  # the stand needs some forty trades
+    text = (EXAMPLES / "line.toml").read_text()
+    bad = tmp_path / "line.toml"
+    bad.write_text(text.replace('name = "initial"', 'name = "full"').replace('"HTTP://HUB.LOCAL"', '"http://x/y"'))
+    with pytest.raises(ConfigError) as caught:
+        load_line(bad)
+    issues = "\n".join(str(i) for i in caught.value.issues)
+    assert "[public] name" in issues and "[public] url" in issues, issues

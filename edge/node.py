@@ -69,6 +69,7 @@ class Node:
         self.handlers: dict[str, list[Handler]] = {}
         self.state = STARTING
         self.reason: str | None = None
+        self.state_since_ms = 0  # when `state` last changed (the node's best wall clock, ms)
         # events: ledger events recorded here; events_in: from peers; loop_events: everything
         # the loop applied (MQTT acks, ticks, console lines...); only the first ones are news
         self.counters: dict[str, int] = {"events": 0, "events_in": 0, "scans": 0, "errors": 0}
@@ -205,6 +206,12 @@ class Node:
         self.station.feed(Boot({name: device.reading() for name, device in self.board.gcode.items()}))
 
     def _update_state(self) -> None:
+        was = self.state
+        self._decide_state()
+        if self.state != was:
+            self.state_since_ms = self.now_ms()
+
+    def _decide_state(self) -> None:
         tripped = self.board.tripped()
         engine = self.station
         if tripped:
@@ -363,6 +370,7 @@ class Node:
             if hasattr(console, "close"):
                 console.close()
         if self.sync is not None:
+            self.mqtt.publish_public_node("offline")  # the public's goodbye (the will is the status's)
             self.sync.stop()
             self.sync.flush()  # events received but not yet written: keep them
         if self.store is not None:
@@ -475,10 +483,7 @@ class Node:
             return []
         jobs = self.store.archive_closed()
         for job in jobs:
-            if self.sync is not None:
-                self.sync.forget_job(job)
-                if any(e.node == self.config.node.id for e in self.store.job_events(job)):
-                    self.sync.publish(self.sync.topics.job(job), b"", retain=True)
+            self.mqtt.job_archived(job)
         if jobs:
             log.info("archived %d closed job(s)", len(jobs))
         return jobs
@@ -499,6 +504,15 @@ class Node:
     def _on_mqtt(self, event: Event) -> None:
         if self.sync is not None:
             self.sync.handle(event.kind, event.data)
+
+    @property
+    def mode(self) -> str:
+        """`auto` or `manual`: the station engine's, else the station file's."""
+        return getattr(self.station, "mode", None) or self.config.station.mode
+
+    def now_ms(self) -> int:
+        """Unix ms by the node's best clock (never below the ledger's latest HLC reading)."""
+        return int(self.store.best_time_s() * 1000) if self.store is not None else self.wall()
 
     def _counters(self) -> dict[str, int]:
         out = dict(self.counters)

@@ -115,6 +115,9 @@ def nodes_acl(node_ids: Iterable[str]) -> str:
                   f"topic write fabrique/+/sync/{node}",
                   "# job state is folded from the shared ledger: any node of the line may publish it",
                   "topic write fabrique/+/job/#",
+                  "# the live views' public subtree: the station's own face, and any job's",
+                  f"topic write fabrique/+/public/node/{node}",
+                  "topic write fabrique/+/public/job/#",
                   "topic read homeassistant/status",
                   f"topic write homeassistant/+/{node}/+/config",
                   ""]

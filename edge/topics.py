@@ -8,6 +8,7 @@ author reads exactly what the code does. Pure: no paho here.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ HA_PREFIX = "homeassistant"
 PAYLOAD_VERSION = 1
 MAX_EVENTS_PAYLOAD = 256 * 1024
 MAX_SMALL_PAYLOAD = 8 * 1024
+PUBLIC_ID_RE = re.compile(r"[a-z2-7]{8}")  # edge.public.public_id
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,21 @@ STATE = Schema("state", (
     Field("state", str, True, "`idle`, `busy`, `fault`, `manual` or `estop`"),
     Field("reason", (str, type(None)), False, "why the station is in fault or estop"),
     Field("job", (str, type(None)), False, "the job being made, if any"),
+    Field("mode", str, False, "`auto` (the station works by itself) or `manual` (an operator drives it: "
+                              "`mode` at the console)"),
+    Field("safety", dict, False, "every safety circuit (`emergency_stop`, `door_interlock` devices): "
+                                 "`{device: state}`, state `\"ok\"` or `\"tripped\"`"),
+    Field("io", dict, False, "every digital input and output: `{device: value}`, its current value (a boolean) "
+                             "(republished within a second of a change)"),
+    Field("metrics", dict, False, "numbers to chart: `jobs_per_hour` (jobs whose step this node finished in "
+                                  "the last hour), `step_last_s` and `step_mean_s` (its last step's duration "
+                                  "and the mean of its last 20, seconds, null before the first), `queue` (open "
+                                  "jobs whose next step is this station's kind and that no station is working on)"),
     Field("counters", dict, False, "events applied, scans, errors, outbox size, ..."),
-    Field("hlc", list, False, "the node's hybrid logical clock [wall_ms, counter, node]"),
-), {"state": "busy", "reason": None, "job": "A7K2M9", "counters": {"events": 311, "outbox": 0}})
+), {"state": "busy", "reason": None, "job": "A7K2M9", "mode": "auto", "safety": {"estop": "ok", "lid": "ok"},
+    "io": {"air_assist": True, "part_present": True}, "metrics": {"jobs_per_hour": 17, "step_last_s": 94.2,
+                                                                 "step_mean_s": 101.5, "queue": 2},
+    "counters": {"events": 311, "outbox": 0}})
 
 EVENTS = Schema("events", (
     Field("v", int, True, f"payload version, {PAYLOAD_VERSION}"),
@@ -157,6 +171,62 @@ RESPONSE = Schema("cmd/response", (
     Field("id", (str, int), False, "the request's `id`, when it had one"),
 ), {"ok": True, "result": {"state": "idle"}, "id": "dash-17"})
 
+PUBLIC_NODE = Schema("public/node", (
+    Field("v", int, True, f"payload version, {PAYLOAD_VERSION}"),
+    Field("node", str, True, "node id"),
+    Field("kind", str, True, "station kind"),
+    Field("title", str, True, "the station's name for the public: the line file's "
+                              "`[public.stations.<kind>] title`, else the station file's `[station] title`"),
+    Field("state", str, True, "`idle`, `busy`, `fault`, `manual`, `estop`, or `offline` (the node stopped "
+                              "cleanly; a node that vanished says nothing: see `updated_ms`)"),
+    Field("mode", str, True, "`auto` or `manual`"),
+    Field("job", (str, type(None)), True, "the **public id** of the job being made here, or null (also for a "
+                                          "job with no public face)"),
+    Field("progress", (int, type(None)), True, "0-100 of the step being made here, or null"),
+    Field("since_ms", int, True, "when the station entered `state` (Unix ms, the node's clock)"),
+    Field("safety", dict, True, "every safety circuit (emergency stops, doors, lids): "
+                                "`{device: state}`, state `\"ok\"` or `\"tripped\"`"),
+    Field("updated_ms", int, True, "when this was published (Unix ms, the node's clock): republished every "
+                                   "15 s, so a message older than 45 s is stale (the node is gone)"),
+), {"v": 1, "node": "laser-1", "kind": "laser", "title": "Laser engraving", "state": "busy", "mode": "auto",
+    "job": "k3q7xw2m", "progress": 40, "since_ms": 1795305600000, "safety": {"estop": "ok", "lid": "ok"},
+    "updated_ms": 1795305612000})
+
+PUBLIC_JOB = Schema("public/job", (
+    Field("v", int, True, f"payload version, {PAYLOAD_VERSION}"),
+    Field("id", str, True, "the job's public id (8 of `a-z 2-7`, from the QR's job secret: edge/public.py); "
+                           "never the order id"),
+    Field("product", str, True, "product id from the line file"),
+    Field("product_title", str, True, "the product's title from the line file"),
+    Field("name", str, True, "the engraved text as the line file's `[public] name` allows: `initial` (the "
+                             "default) \"C.\", `first` the first word, `none` \"\""),
+    Field("colour", (str, type(None)), True, "the ordered colour, or null when the product has no colour option"),
+    Field("status", str, True, "as on `job/<job>`: `waiting`, `in_progress`, `failed`, `done`, `completed`, "
+                               "`cancelled`"),
+    Field("station", (str, type(None)), True, "the step in progress, else the next one to do (a station "
+                                              "kind), or null"),
+    Field("steps", list, True, "the route: `{step, status, started_ms, ended_ms, progress}` per step (`status` "
+                               "pending, running, done, failed, skipped; times Unix ms or null; `progress` "
+                               "0-100 or null); no node ids, no reasons"),
+    Field("created_ms", int, True, "when the job was launched (Unix ms)"),
+    Field("updated_ms", int, True, "the time of the job's latest ledger event (Unix ms)"),
+    Field("sealed", str, True, "`edge.public.seal(secret, {\"text\": engraved text, \"options\": every "
+                               "option})`: only the QR's holder opens it"),
+), {"v": 1, "id": "k3q7xw2m", "product": "stand", "product_title": "Smartphone stand", "name": "A.",
+    "colour": "red", "status": "in_progress", "station": "laser",
+    "steps": [{"step": "intake", "status": "done", "started_ms": 1795305600000, "ended_ms": 1795305600000,
+               "progress": 100},
+              {"step": "laser", "status": "running", "started_ms": 1795305640000, "ended_ms": None, "progress": 40},
+              {"step": "printer", "status": "pending", "started_ms": None, "ended_ms": None, "progress": None}],
+    "created_ms": 1795305600000, "updated_ms": 1795305652000, "sealed": "Wm9v...base64...Q=="})
+
+PUBLIC_SNAPSHOT = Schema("public/job/snapshot", (
+    Field("v", int, True, f"payload version, {PAYLOAD_VERSION}"),
+    Field("sealed", str, True, "`edge.public.seal(secret, {\"jpeg\": base64 JPEG at most 480 px wide, "
+                               "\"verdict\": verdict, \"taken_ms\": Unix ms})`, "
+                               "verdict `pass`, `reject` or `retake`"),
+), {"v": 1, "sealed": "q8Xc...base64...A=="}, MAX_EVENTS_PAYLOAD)
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -176,6 +246,12 @@ TREE = (
     TopicSpec("node/<node>/cmd", False, 1, COMMAND, "commands to `<node>`"),
     TopicSpec("node/<node>/cmd/response", False, 1, RESPONSE,
               "replies (MQTT 5: to the request's response topic, with its correlation data)"),
+    TopicSpec("public/node/<node>", True, 1, PUBLIC_NODE,
+              "the station as the public sees it (live views; the `web` account reads only `public/`)"),
+    TopicSpec("public/job/<public id>", True, 1, PUBLIC_JOB,
+              "a job as the public sees it, under its public id; cleared with `job/<job>`"),
+    TopicSpec("public/job/<public id>/snapshot", True, 1, PUBLIC_SNAPSHOT,
+              "the inspection's picture of the job, sealed; cleared with the job"),
 )
 
 
@@ -206,6 +282,15 @@ class Topics:
     def cmd_response(self, node: str) -> str:
         return f"{self.base}/node/{node}/cmd/response"
 
+    def public_node(self, node: str) -> str:
+        return f"{self.base}/public/node/{node}"
+
+    def public_job(self, public_id: str) -> str:
+        return f"{self.base}/public/job/{public_id}"
+
+    def public_snapshot(self, public_id: str) -> str:
+        return f"{self.base}/public/job/{public_id}/snapshot"
+
     def subscriptions(self, node: str) -> list[str]:
         """What a node subscribes to: every status, peers' events and vectors, the retained job
         states (so it never publishes an older one), its commands."""
@@ -222,6 +307,8 @@ class Topics:
         if not topic.startswith(self.base + "/"):
             return None
         parts = topic[len(self.base) + 1:].split("/")
+        if parts[0] == "public":
+            return _parse_public(parts[1:])
         if len(parts) == 2 and parts[0] == "job":
             return ("job", parts[1]) if JOB_RE.fullmatch(parts[1]) else None
         if len(parts) < 2 or not NODE_RE.fullmatch(parts[1]):
@@ -233,6 +320,16 @@ class Topics:
         if len(parts) >= 4 and parts[0] == "node" and parts[2:4] == ["cmd", "response"]:
             return "cmd/response", parts[1]
         return None
+
+
+def _parse_public(parts: list[str]) -> tuple[str, str] | None:
+    if len(parts) == 2 and parts[0] == "node" and NODE_RE.fullmatch(parts[1]):
+        return "public/node", parts[1]
+    if len(parts) in (2, 3) and parts[0] == "job" and PUBLIC_ID_RE.fullmatch(parts[1]):
+        if len(parts) == 2:
+            return "public/job", parts[1]
+        return ("public/job/snapshot", parts[1]) if parts[2] == "snapshot" else None
+    return None
 
 
 def ha_config_topic(component: str, node: str, object_id: str) -> str:

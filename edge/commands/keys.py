@@ -130,7 +130,7 @@ def keys_secret(args: argparse.Namespace) -> int:
 
 @command(
     "keys password", "print one MQTT account's password (a dashboard tool's, say), derived from the line's secret",
-    arg("account", help="the account: a node id, or dashboard, operator, homeassistant"),
+    arg("account", help="the account: a node id, or dashboard, operator, homeassistant, web"),
     arg("--secret", metavar="FILE", required=True, help="the line's secret (edge keys secret)"),
     description="Print the password `edge provision --hub` gave ACCOUNT on the broker, for a tool\n"
                 "that logs in with it (a dashboard, Home Assistant). It goes to standard output only.\n\n"

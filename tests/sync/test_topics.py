@@ -28,9 +28,13 @@ def test_every_topic_of_the_tree_parses_back():
     assert t.parse(t.cmd("laser-1")) == ("cmd", "laser-1")
     assert t.parse(t.cmd_response("laser-1")) == ("cmd/response", "laser-1")
     assert t.parse(t.job("A7K2M9")) == ("job", "A7K2M9")
+    assert t.parse(t.public_node("laser-1")) == ("public/node", "laser-1")
+    assert t.parse(t.public_job("k3q7xw2m")) == ("public/job", "k3q7xw2m")
+    assert t.parse(t.public_snapshot("k3q7xw2m")) == ("public/job/snapshot", "k3q7xw2m")
+    assert t.parse("fabrique/demo/public/job/A7K2M9") is None  # an order id is no public id
     assert t.parse("fabrique/other/events/laser-1") is None
     assert t.parse("fabrique/demo/events/Not A Node") is None
-    assert len(TREE) == 7
+    assert len(TREE) == 10
 
 
 def test_every_example_payload_passes_its_own_schema():

@@ -25,6 +25,7 @@ stations' ledgers afterwards (edge.sim.report), never from this bookkeeping.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -321,10 +322,16 @@ class Day:
         tries = self.retries.get(key, 0)
         if tries >= MAX_RETRIES:
             what = f"cancel {visitor.job} part taken out of the {step['step']} after {tries} retries: {reason}"
-            if self._ask(step["step"], what) is not None or self._ask("pickup", what) is not None:
+            # the operator is sure (the part is out): a script's yes is --force (docs/console.md)
+            if self._ask(step["step"], what + " --force") is not None or self._ask("pickup", what + " --force") is not None:
                 self._acted("cancel", f"{what} (at {step['step']})")
                 visitor.outcome = f"failed: {step['step']}: {reason}"
             return
+        # GRBL stays locked after an alarm (a reset in motion, a power cut): the operator looks at
+        # the machine, then unlocks it before the retry, as docs/stations.md says
+        locked = step["step"] == "laser" and re.search(r"ALARM|error:9\b", reason)
+        if locked and self._ask("laser", "unlock") is not None:
+            self._acted("unlock", f"unlock at {self.nodes['laser'].name} (GRBL locked: {reason})")
         if self._ask(step["step"], f"retry {visitor.job}") is not None:
             self.retries[key] = tries + 1
             self.failed_since.pop(key, None)

@@ -111,3 +111,45 @@ def test_a_dashboard_port_in_use_is_named():
         result = run_edge("demo", "--mqtt-port", str(port), timeout=30)
     assert result.returncode == 2
     assert f"--mqtt-port {port}: cannot listen there" in result.stderr
+
+
+class ConsoleOfANode:
+    """A station's console as the demo's operator meets it: `cancel` with steps left asks to be
+    confirmed (an error until `--force`), as the real command registry does."""
+
+    name = "laser-1"
+    running = True
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def command(self, line: str, timeout: float = 5):
+        self.lines.append(line)
+        if line.startswith("cancel") and not line.endswith("--force"):
+            raise RuntimeError("cancel: steps are left; repeat with --force to do it anyway")
+        return {"ok": True}
+
+
+def test_the_demo_operator_unlocks_a_locked_laser_retries_then_takes_the_part_out():
+    from edge.sim.day import MAX_RETRIES, Day, Visitor
+
+    class Quiet:
+        def operator(self, _text: str) -> None: ...
+
+    day = Day.__new__(Day)  # only what the operator uses: the consoles, the clock, the view
+    laser = ConsoleOfANode()
+    day.nodes, day.speed, day.view = {"laser": laser, "pickup": laser}, 1.0, Quiet()
+    day.retries, day.failed_since, day.operator_actions = {}, {}, {}
+    visitor = Visitor("Aurélien", "red", "V1", "FE1:...", 0.0)
+    step = {"step": "laser", "status": "failed",
+            "reason": "engraving stopped: resume prelude line 'G21G90': error:9 G-code locked out during alarm"}
+    now = 0.0
+    for _ in range(MAX_RETRIES + 1):
+        day._operator(visitor, step, now)  # noticed
+        now += 10
+        day._operator(visitor, step, now)  # acted on
+        now += 10
+    assert laser.lines.count("unlock") == MAX_RETRIES  # each retry after looking at the machine
+    assert laser.lines.count("retry V1") == MAX_RETRIES
+    assert laser.lines[-1].startswith("cancel V1 part taken out") and laser.lines[-1].endswith("--force")
+    assert visitor.outcome.startswith("failed: laser: ")  # the day can end: that visitor's stand is out

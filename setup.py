@@ -23,7 +23,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["edge", "edge.*", "firmware_bridge", "firmware_bridge.*", "stations", "stations.*"]),
-    package_data={"firmware_bridge": ["firmware/*.c", "firmware/*.h", "firmware/Makefile", "sim/*.c"]},
+    package_data={"firmware_bridge": ["firmware/*.c", "firmware/*.h", "firmware/Makefile", "sim/*.c"],
+                  "edge.web": ["static/*"]},  # the live views' CSS, JS and icon
     install_requires=[
         "gpiozero>=2.0",
         "paho-mqtt>=2.0",
@@ -41,10 +42,13 @@ setup(
         "Hershey-Fonts>=2.1",  # the laser's single-stroke font (firmware_bridge.engrave)
         "tomli-w>=1.0",  # the simulated line writes station files
         "prompt_toolkit>=3.0",  # the operator's console: line editing on the serial port and in `edge console`
+        "starlette>=0.37",  # `edge web`: the live views' pages, JSON API and Server-Sent Events (edge.web.app)
+        "uvicorn>=0.30",  # `edge web`: the ASGI server behind them (plain: no uvloop or httptools to build on a Pi)
     ],
     extras_require={
         "pi": ["picamera2", "lgpio"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5", "pexpect>=4.8"],
+        # playwright drives Debian's /usr/bin/chromium in tests/web (never `playwright install`)
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5", "pexpect>=4.8", "playwright>=1.40"],
     },
     data_files=shared("systemd") + shared("examples") + shared("docs") + [("share/fabrique-edge", ["README.md"])],
     entry_points={"console_scripts": ["edge = edge.cli:main"]},

@@ -16,14 +16,19 @@ a machine a fault left stuck.
   clock   a station loses power and boots an hour behind (a Pi has no real-time clock)
   serial  noise on the printer's serial cable for a few seconds
 
+The live views run beside the line, as on the hub: `edge web` with the broker's `web` account
+(the line, the big screen, the first visitor's own page: their URLs are printed).
+
 At the end the run is checked from the stations' own ledgers (edge.sim.report): every job
 completed or failed with a reason, no event lost, no step done twice, every ledger the same;
-`--json FILE` keeps that report. Exit 1 when a check fails, 2 for bad arguments.
+`--json FILE` keeps that report. Exit 1 when a check fails, 2 for bad arguments. `--stay` keeps
+the line running after the day until Ctrl-C, to build a dashboard against it.
 
 examples:
   edge demo                                      one visitor, no faults
   edge demo --visitors 12 --chaos all            a short day with one of each fault (make demo)
   edge demo --visitors 30 --chaos broker,node,serial,power,clock --json r.json --seed 7
+  edge demo --keep /tmp/line --stay --mqtt-port 1884 --web-port 8080   a line to build a dashboard on
 """
 
 from __future__ import annotations
@@ -32,16 +37,20 @@ import argparse
 import io
 import json
 import random
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edge.cli import arg, command
+from edge.public import order_url
 from edge.sim.day import CHAOS_KINDS
 
 STATIONS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
@@ -76,6 +85,39 @@ class Dashboard:
         self.client.disconnect()
 
 
+class LiveViews:
+    """`edge web` beside the simulated line, as on the hub: the read-only `web` account on the
+    people's listener, serving the line, the big screen and the visitors' pages."""
+
+    def __init__(self, workdir: Path, broker_port: int, password: str, line_file: Path, port: int | None):
+        folder = workdir / "web"
+        folder.mkdir(parents=True, exist_ok=True)
+        secret = folder / "web.password"
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        self.log = folder / "web.log"
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge", "web", "--line", str(line_file), "--broker", f"127.0.0.1:{broker_port}",
+                 "--user", "web", "--password-file", str(secret), "--listen", f"127.0.0.1:{port or 0}",
+                 "--log-format", "text"], stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        said = self.proc.stdout.readline() if ready else ""
+        if " on http://" not in said:
+            self.close()
+            raise RuntimeError(f"edge web did not start; see {self.log}")
+        self.url = said.split(" on ", 1)[1].split()[0].rstrip("/")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 @command(
     "demo", "a day at the simulated trailer: broker, six stations, visitors, faults on demand, a checked report",
     arg("--visitors", type=int, default=1, metavar="N",
@@ -90,7 +132,11 @@ class Dashboard:
     arg("--mqtt-port", type=int, metavar="P", help="the broker's port for dashboards (MQTT Explorer, Home "
         "Assistant); default a free one, printed"),
     arg("--json", metavar="FILE", help="write the run's report (checked from the stations' ledgers) to FILE"),
+    arg("--web-port", type=int, metavar="P", help="the live views' port (edge web: the line, the big screen, "
+        "each visitor's page); default a free one, printed"),
     arg("--keep", metavar="DIR", help="keep the line's files (logs, ledgers, station files) in DIR"),
+    arg("--stay", action="store_true", help="after the day, keep the line running (broker, stations, live views) "
+        "until Ctrl-C: build a dashboard against it"),
     arg("--log-level", choices=("debug", "info", "warning"), default="info", help="the stations' log level"),
     description=__doc__,
 )
@@ -114,12 +160,14 @@ def demo(args: argparse.Namespace) -> int:
     names = [f"{kind}-1" for kind in STATIONS]
     try:
         broker = SimBroker(workdir / "hub", users={n: password_of(n) for n in names},
-                           people={"dashboard": password_of("dashboard")}, people_port=args.mqtt_port)
+                           people={"dashboard": password_of("dashboard"), "web": password_of("web")},
+                           people_port=args.mqtt_port)
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"edge demo: cannot set up the broker: {exc}", file=sys.stderr)
         return 1
     nodes: dict[str, SimNode] = {}
     dashboard: Dashboard | None = None
+    web: LiveViews | None = None
     view = LineView(names)
     began = time.monotonic()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
@@ -135,6 +183,12 @@ def demo(args: argparse.Namespace) -> int:
                                   log_level=args.log_level, speed=args.speed)
         for node in nodes.values():
             node.spawn()
+        try:
+            web = LiveViews(workdir, broker.people_port, password_of("web"), nodes["intake"].line_file, args.web_port)
+            view.say(f"== The live views (edge web, docs/live-view.md): the line {web.url}/ , the big screen "
+                     f"{web.url}/screen")
+        except (RuntimeError, OSError) as exc:
+            view.say(f"!! the live views did not start: {exc}")
         for node in nodes.values():
             node.ready(60)
         wait_until(lambda: all(n.status()["mqtt"]["connected"] for n in nodes.values()), 30, "stations online")
@@ -154,6 +208,8 @@ def demo(args: argparse.Namespace) -> int:
                  f"{first.text!r}")
         view.say(qr_text(first.payload))
         view.say(f"   payload ({len(first.payload)} characters): {first.payload}")
+        if web is not None:
+            view.say(f"   {first.name}'s own page, what their phone opens: {order_url(web.url, first.payload)}")
         view.say("== Someone scans a tampered copy at intake:")
         nodes["intake"].scan(first.payload[:-2] + ("A" if first.payload[-2] != "A" else "B") + first.payload[-1])
         refused = wait_until(lambda: _last_scan(nodes["intake"], lambda s: not s.get("ok")), 30, "the refusal")
@@ -209,6 +265,8 @@ def demo(args: argparse.Namespace) -> int:
             if shots:
                 view.say(f"What the inspection camera saw of it: {shots[-1]}")
             view.say(f"Files of this run (logs, ledgers, station files, broker config): {workdir}")
+        if args.stay:
+            stay(view, broker, web)
         return 1 if problems else 0
     except (RuntimeError, AssertionError, OSError) as exc:
         view.close()
@@ -218,11 +276,27 @@ def demo(args: argparse.Namespace) -> int:
         view.close()
         if dashboard is not None:
             dashboard.close()
+        if web is not None:
+            web.close()
         for node in nodes.values():
             node.close()
         broker.kill()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stay(view: Any, broker: Any, web: LiveViews | None) -> None:
+    """The day is over; the line keeps running until Ctrl-C (or SIGTERM)."""
+    from edge.sim.line import password_of
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    view.say(f"\n== --stay: the line keeps running until Ctrl-C. MQTT 127.0.0.1:{broker.people_port} (user dashboard, "
+             f"password {password_of('dashboard')}, topics fabrique/demo/#)"
+             + (f"; live views {web.url}/ and {web.url}/screen" if web is not None else ""))
+    stop.wait()
+    view.say("== Stopping the line")
 
 
 def _chaos_kinds(text: str) -> list[str] | str:
@@ -241,16 +315,19 @@ def _bad_numbers(args: argparse.Namespace) -> str | None:
         return f"--visitors {args.visitors}: from 1 to 200"
     if not 0.25 <= args.speed <= 8:
         return f"--speed {args.speed:g}: from 0.25 to 8"
-    if args.mqtt_port is not None and not 1 <= args.mqtt_port <= 65535:
-        return f"--mqtt-port {args.mqtt_port}: not a TCP port"
-    if args.mqtt_port is not None:
-        import socket
+    for flag, port in (("--mqtt-port", args.mqtt_port), ("--web-port", args.web_port)):
+        if port is not None and not 1 <= port <= 65535:
+            return f"{flag} {port}: not a TCP port"
+        if port is not None:
+            import socket
 
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", args.mqtt_port))
-            except OSError as exc:
-                return f"--mqtt-port {args.mqtt_port}: cannot listen there ({exc.strerror}); pick another"
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError as exc:
+                    return f"{flag} {port}: cannot listen there ({exc.strerror}); pick another"
+    if args.mqtt_port is not None and args.mqtt_port == args.web_port:
+        return f"--mqtt-port and --web-port: both {args.mqtt_port}; pick two ports"
     return None
 
 

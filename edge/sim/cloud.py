@@ -21,6 +21,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge.sim.line import CHECKOUT, free_port
 
@@ -80,6 +81,16 @@ class NatsNode:
 
     def read_log(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def closed(self) -> list[dict[str, Any]]:
+        """The MQTT connections this node closed lately (/connz?state=closed: client id, reason)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/connz?state=closed&limit=10000",
+                                        timeout=2) as r:
+                return [{"client": c["mqtt_client"], "reason": c.get("reason", ""), "stop": c.get("stop", "")}
+                        for c in json.loads(r.read()).get("connections") or [] if c.get("mqtt_client")]
+        except (OSError, ValueError):
+            return []
 
     def routes(self) -> int:
         """How many cluster peers this node is linked to (/routez), 0 if it is down."""

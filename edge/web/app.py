@@ -264,6 +264,14 @@ def create_app(live: LiveLine, line: LineConfig, feed: Any = None) -> Starlette:
         pid = request.path_params["pid"]
         return pid if PUBLIC_ID_RE.fullmatch(pid) else None
 
+    def job_of(request: Request) -> tuple[str, str | None] | Response:
+        """(public id, secret or None) of a job API request, or the 404/403 to answer instead."""
+        pid = pid_of(request)
+        if pid is None:
+            return _json({"error": "not a public id (8 of a-z 2-7)"}, 404)
+        secret = secret_of(request, pid)
+        return secret if isinstance(secret, Response) else (pid, secret)
+
     async def line_page(request: Request) -> Response:
         return html(pages.page("line", line, "", "/api/events", json.loads(live.view("line"))))
 
@@ -300,12 +308,10 @@ def create_app(live: LiveLine, line: LineConfig, feed: Any = None) -> Starlette:
         return _json(live.view("screen"))
 
     async def api_job(request: Request) -> Response:
-        pid = pid_of(request)
-        if pid is None:
-            return _json({"error": "not a public id (8 of a-z 2-7)"}, 404)
-        secret = secret_of(request, pid)
-        if isinstance(secret, Response):
-            return secret
+        found = job_of(request)
+        if isinstance(found, Response):
+            return found
+        pid, secret = found
         return _json(live.mine(pid, secret) if secret else live.view("job", pid))
 
     async def api_snapshot(request: Request) -> Response:
@@ -325,12 +331,10 @@ def create_app(live: LiveLine, line: LineConfig, feed: Any = None) -> Starlette:
         return _events(live, lambda: live.view(view))
 
     async def job_events(request: Request) -> Response:
-        pid = pid_of(request)
-        if pid is None:
-            return _json({"error": "not a public id (8 of a-z 2-7)"}, 404)
-        secret = secret_of(request, pid)
-        if isinstance(secret, Response):
-            return secret
+        found = job_of(request)
+        if isinstance(found, Response):
+            return found
+        pid, secret = found
         if secret:
             return _events(live, lambda: json.dumps(live.mine(pid, secret), ensure_ascii=False,
                                                     separators=(",", ":")).encode())

@@ -53,6 +53,9 @@ class PublicFeed:
     suffix: several instances may share an account in the cloud, and the hub's broker replaces
     any id by the account's name anyway (hub.conf)."""
 
+    RESUBSCRIBE_S = 2.0  # a refused subscription is asked again after this, then twice as long...
+    RESUBSCRIBE_MAX_S = 30.0  # ...up to this
+
     def __init__(self, host: str, port: int, user: str, password: str, topic: str, sink: Sink,
                  keepalive: int = 5):
         self.host, self.port, self.topic, self.sink = host, port, topic, sink
@@ -63,6 +66,7 @@ class PublicFeed:
         self._said = ""  # the last problem logged, so a broker that stays away is logged once
         self._lock = threading.Lock()
         self._refused = False
+        self._refusals = 0  # refused subscriptions in a row
         self.closed = False
 
     def _client(self) -> mqtt.Client:
@@ -120,7 +124,7 @@ class PublicFeed:
             self._problem(_why(reason))
             return
         log.info("broker %s:%d: connected, reading %s", self.host, self.port, self.topic)
-        self._said, self._refused = "", False
+        self._said, self._refused, self._refusals = "", False, 0
         self.sink.connected()
         client.subscribe(self.topic, qos=1)
 
@@ -134,11 +138,26 @@ class PublicFeed:
         if not self._refused:
             self._problem(_why(reason))
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+    def _on_subscribe(self, client: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
         if any(r.is_failure for r in reasons):
             self._problem(f"the broker refused the subscription to {self.topic} ({reasons[0].getName()})")
+            # A cluster refuses while it re-elects after losing a node (NATS: no JetStream leader
+            # for the session yet) and accepts a few seconds later; one whose permissions refuse
+            # keeps refusing: asked again after 2, 4, 8... s (at most 30), and logged once.
+            delay = min(self.RESUBSCRIBE_MAX_S, self.RESUBSCRIBE_S * 2 ** self._refusals)
+            self._refusals += 1
+            timer = threading.Timer(delay, self._resubscribe, args=(client,))
+            timer.daemon = True
+            timer.start()
             return
+        self._said, self._refusals = "", 0
         self.sink.subscribed()
+
+    def _resubscribe(self, client: mqtt.Client) -> None:
+        with self._lock:
+            if self.closed or client is not self.client or not client.is_connected():
+                return  # closed, swapped for 3.1.1, or reconnecting: on_connect subscribes again
+            client.subscribe(self.topic, qos=1)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.sink.message(msg.topic, msg.payload, bool(msg.retain))

@@ -7,14 +7,18 @@ A real mosquitto on the shipped hub config with the shipped public bridge
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from live_kit import WebServer, node_body
 from mqttclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -183,3 +187,46 @@ def test_the_cloud_learns_when_the_uplink_goes_down(trailer: Trailer) -> None:
     watcher.wait_for(f"{LINE}/public/uplink", b"0")
     trailer.hub.start()
     assert trailer.viewer(f"{LINE}/public/uplink").wait_for(f"{LINE}/public/uplink", b"1")
+
+
+def test_edge_web_asks_again_while_the_cloud_refuses_its_subscription(tmp_path: Path) -> None:
+    """A cluster that refuses a subscription for a while (NATS while it re-elects after losing a
+    node; here the `web` account's read permission taken away): edge web says so on its pages,
+    asks again on the same connection, says it once in its log, and shows the line once the
+    cluster accepts (here: the permission given back, the node restarted; Debian's nats-server
+    2.9 crashes when its users are reloaded with SIGHUP while MQTT is on)."""
+    cloud = SimCloud(tmp_path / "cloud", size=1, admin=True)
+    users = cloud.nodes[0].dir / "nats" / "fabrique-users.conf"
+    shipped = users.read_text()
+    granted = 'subscribe: ["fabrique.*.public", "fabrique.*.public.>", "$MQTT.sub.>"]'
+    assert granted in shipped
+    users.write_text(shipped.replace(granted, 'subscribe: ["$MQTT.sub.>"]'))
+    cloud.start()
+    port = cloud.mqtt_ports[0]
+    admin = CloudClient(port, ADMIN)
+    web = WebServer(tmp_path / "web", SimpleNamespace(people_port=port), password=cloud_password("web"),
+                    extra=("--cloud",))
+    try:
+        admin.publish(f"{LINE}/public/node/laser-1", json.dumps(node_body("laser-1", "busy")).encode(), retain=True)
+        admin.close()
+        web.start(wait_link=False)
+        deadline = time.monotonic() + 30
+        while cloud.nodes[0].read_log().count('Subscription Violation - User "web"') < 3:
+            assert time.monotonic() < deadline, cloud.nodes[0].read_log()[-2000:]
+            time.sleep(0.1)
+        link = web.json("/healthz")["broker"]
+        assert not link["up"] and "refused the subscription to fabrique/demo/public/#" in link["problem"]
+        clients = {line.split(" - ")[2] for line in cloud.nodes[0].read_log().splitlines() if "Subscription Violation" in line}
+        assert len(clients) == 1, clients  # asked again on the same connection
+        refused = [line for line in web.log.read_text().splitlines() if "refused the subscription" in line]
+        assert len(refused) == 1, refused  # said once, however many times it was refused
+        users.write_text(shipped)
+        cloud.stop()
+        cloud.start()
+        view = web.wait("/api/line", lambda d: d["link"]["up"] and d["stations"][1]["nodes"]
+                        and d["stations"][1]["nodes"][0]["state"] == "busy", timeout=30)
+        assert view["link"]["up"]
+    finally:
+        web.kill()
+        admin.close()
+        cloud.stop()

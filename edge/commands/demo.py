@@ -21,14 +21,15 @@ The live views run beside the line, as on the hub: `edge web` with the broker's 
 
 At the end the run is checked from the stations' own ledgers (edge.sim.report): every job
 completed or failed with a reason, no event lost, no step done twice, every ledger the same;
-`--json FILE` keeps that report. Exit 1 when a check fails, 2 for bad arguments. `--stay` keeps
-the line running after the day until Ctrl-C, to build a dashboard against it.
+`--json FILE` keeps that report. Exit 1 when a check fails, 2 for bad arguments. `--keep` keeps
+the line running after the day until Ctrl-C, to build a dashboard against it; `--workdir DIR`
+keeps its files.
 
 examples:
   edge demo                                      one visitor, no faults
   edge demo --visitors 12 --chaos all            a short day with one of each fault (make demo)
   edge demo --visitors 30 --chaos broker,node,serial,power,clock --json r.json --seed 7
-  edge demo --keep /tmp/line --stay --mqtt-port 1884 --web-port 8080   a line to build a dashboard on
+  edge demo --keep --mqtt-port 1884 --web-port 8080   a line to build a dashboard on, until Ctrl-C
 """
 
 from __future__ import annotations
@@ -134,9 +135,11 @@ class LiveViews:
     arg("--json", metavar="FILE", help="write the run's report (checked from the stations' ledgers) to FILE"),
     arg("--web-port", type=int, metavar="P", help="the live views' port (edge web: the line, the big screen, "
         "each visitor's page); default a free one, printed"),
-    arg("--keep", metavar="DIR", help="keep the line's files (logs, ledgers, station files) in DIR"),
-    arg("--stay", action="store_true", help="after the day, keep the line running (broker, stations, live views) "
+    arg("--keep", action="store_true", help="after the day, keep the line running (broker, stations, live views) "
         "until Ctrl-C: build a dashboard against it"),
+    arg("--stay", dest="keep", action="store_true", help=argparse.SUPPRESS),  # the name it had first
+    arg("--workdir", metavar="DIR", help="run the line in DIR and keep its files there (logs, ledgers, station "
+        "files, the laser's previews, the inspection's snapshots); default a temporary folder, removed"),
     arg("--log-level", choices=("debug", "info", "warning"), default="info", help="the stations' log level"),
     description=__doc__,
 )
@@ -155,7 +158,7 @@ def demo(args: argparse.Namespace) -> int:
         print("edge demo: mosquitto is not installed (apt-get install mosquitto, or run `make demo`)",
               file=sys.stderr)
         return 2
-    workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fabrique-demo-"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fabrique-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     names = [f"{kind}-1" for kind in STATIONS]
     try:
@@ -257,7 +260,7 @@ def demo(args: argparse.Namespace) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
             view.say(f"The run's report: {args.json}")
-        if args.keep:
+        if args.workdir:
             preview = nodes["laser"].data_dir / "files" / "jobs" / first.job / "laser-preview.png"
             view.say(f"\nThe laser's toolpath of order {first.job}: {preview}")
             shots = sorted((nodes["inspection"].data_dir / "files" / "jobs" / first.job).glob(
@@ -265,8 +268,8 @@ def demo(args: argparse.Namespace) -> int:
             if shots:
                 view.say(f"What the inspection camera saw of it: {shots[-1]}")
             view.say(f"Files of this run (logs, ledgers, station files, broker config): {workdir}")
-        if args.stay:
-            stay(view, broker, web)
+        if args.keep:
+            keep_running(view, broker, web)
         return 1 if problems else 0
     except (RuntimeError, AssertionError, OSError) as exc:
         view.close()
@@ -281,18 +284,18 @@ def demo(args: argparse.Namespace) -> int:
         for node in nodes.values():
             node.close()
         broker.kill()
-        if not args.keep:
+        if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def stay(view: Any, broker: Any, web: LiveViews | None) -> None:
+def keep_running(view: Any, broker: Any, web: LiveViews | None) -> None:
     """The day is over; the line keeps running until Ctrl-C (or SIGTERM)."""
     from edge.sim.line import password_of
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    view.say(f"\n== --stay: the line keeps running until Ctrl-C. MQTT 127.0.0.1:{broker.people_port} (user dashboard, "
+    view.say(f"\n== --keep: the line keeps running until Ctrl-C. MQTT 127.0.0.1:{broker.people_port} (user dashboard, "
              f"password {password_of('dashboard')}, topics fabrique/demo/#)"
              + (f"; live views {web.url}/ and {web.url}/screen" if web is not None else ""))
     stop.wait()

@@ -19,7 +19,7 @@ def store_carrier(events, job: str) -> str:
 
 
 def test_the_demo_line_makes_the_stands_by_itself_and_every_station_agrees(tmp_path):
-    result = run_edge("demo", "--visitors", "2", "--keep", str(tmp_path / "line"), "--json", str(tmp_path / "r.json"),
+    result = run_edge("demo", "--visitors", "2", "--workdir", str(tmp_path / "line"), "--json", str(tmp_path / "r.json"),
                       timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

@@ -21,7 +21,7 @@ STATIONS = ("intake", "laser", "printer", "transfer", "inspection", "pickup")
 def test_a_day_with_every_fault_loses_nothing_does_nothing_twice_and_ends_agreed(tmp_path):
     keep = tmp_path / "line"
     result = run_edge("demo", "--visitors", "4", "--chaos", ",".join(CHAOS_KINDS), "--speed", "2", "--seed", "5",
-                      "--keep", str(keep), "--json", str(tmp_path / "r.json"), timeout=600)
+                      "--workdir", str(keep), "--json", str(tmp_path / "r.json"), timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     out = result.stdout
     for kind in CHAOS_KINDS:

@@ -1,4 +1,4 @@
-"""`edge demo --stay`: the simulated line with `edge web` beside it, end to end. The real
+"""`edge demo --keep`: the simulated line with `edge web` beside it, end to end. The real
 stations publish the public subtree; the live views show them, and a visitor's page opens their
 stand with the inspection's real picture; the line stays up until Ctrl-C."""
 
@@ -48,15 +48,15 @@ def get(url: str) -> tuple[int, bytes]:
 
 def test_the_demo_serves_the_live_views_of_its_line_and_stays_until_ctrl_c(tmp_path: Path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--keep", str(tmp_path / "line"),
-                             "--web-port", str(port), "--stay", "--seed", "3"], cwd=CHECKOUT, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "demo", "--workdir", str(tmp_path / "line"),
+                             "--web-port", str(port), "--keep", "--seed", "3"], cwd=CHECKOUT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
     out = Output(proc)
     try:
         base = f"http://127.0.0.1:{port}"
         out.until(re.escape(f"the line {base}/ , the big screen {base}/screen"), 90)
         page = out.until(r"own page, what their phone opens: (http://\S+)", 60)[1]
-        out.until(r"--stay: the line keeps running until Ctrl-C", 240)
+        out.until(r"--keep: the line keeps running until Ctrl-C", 240)
 
         line = json.loads(get(base + "/api/line")[1])
         assert line["link"]["up"]

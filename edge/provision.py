@@ -1,11 +1,12 @@
-"""`edge provision`: turn a freshly flashed Pi into a station node (and the hub's broker).
+"""`edge provision`: turn a freshly flashed Pi into a station node (and the hub: broker and live view).
 
 Everything provisioning puts in place is an `Item`: a directory, a file, a symlink, a
 mosquitto password file or the service user, each with its owner and mode. A plan is the
-list of items for one station file (and, with `--hub`, the line's broker); running it compares
-each item with what is on disk and changes only what differs, so a second run changes nothing
-and says so. Every path is on the target system; `Target(root)` maps it into an image or a test
-folder (`--root`), owners are looked up in the target's own /etc/passwd and /etc/group.
+list of items for one station file (and, with `--hub`, the line's broker and its live view,
+`edge web`); running it compares each item with what is on disk and changes only what
+differs, so a second run changes nothing and says so. Every path is on the target system;
+`Target(root)` maps it into an image or a test folder (`--root`), owners are looked up in the
+target's own /etc/passwd and /etc/group.
 
 MQTT passwords are never typed: each account's password is derived from the line's secret
 (`edge keys secret`), HMAC-SHA256(secret, account name). The hub derives every node's from the
@@ -36,9 +37,15 @@ DEVICE_GROUPS = ("gpio", "dialout", "video", "input")  # pins, serial ports, cam
 ETC = PurePosixPath("/etc/fabrique-edge")
 DATA_DIR = PurePosixPath("/var/lib/fabrique-edge")  # the unit's StateDirectory and its only ReadWritePaths
 RUN_DIR = PurePosixPath("/run/fabrique-edge")  # the unit's RuntimeDirectory (console socket)
+LINE_FILE = ETC / "line.toml"  # the node's line file, and the live view's (LoadCredential)
 UNIT = "fabrique-edge.service"
 UNIT_PATH = PurePosixPath("/etc/systemd/system") / UNIT
 WANTS = PurePosixPath("/etc/systemd/system/multi-user.target.wants") / UNIT
+WEB_UNIT = "fabrique-web.service"  # the live view on the hub, beside mosquitto
+WEB_UNIT_PATH = PurePosixPath("/etc/systemd/system") / WEB_UNIT
+WEB_WANTS = PurePosixPath("/etc/systemd/system/multi-user.target.wants") / WEB_UNIT
+WEB_ACCOUNT = "web"  # its account on the people's listener (people.acl)
+WEB_PASSWORD = ETC / "web.password"  # the unit's LoadCredential: read by systemd, as root
 EDGE_BIN = PurePosixPath("/usr/local/bin/edge")  # the unit's ExecStart
 BUNDLE_EDGE = PurePosixPath("/opt/fabrique-edge/current/bin/edge")  # where a bundle installs it
 SYSUSERS = PurePosixPath("/etc/sysusers.d/fabrique-edge.conf")
@@ -368,7 +375,7 @@ def station_items(config: StationConfig, line: LineConfig, secret: bytes | None,
         text = _set_key(text, "station", "library", "library")
     items += [
         Item("file", ETC / "station.toml", f"from {config.source.name}", text.encode(), group=GROUP, mode=0o640),
-        Item("file", ETC / "line.toml", f"from {line.source.name}", line.source.read_bytes(), group=GROUP,
+        Item("file", LINE_FILE, f"from {line.source.name}", line.source.read_bytes(), group=GROUP,
              mode=0o640),
     ]
     if password_file is not None:
@@ -387,11 +394,9 @@ def station_items(config: StationConfig, line: LineConfig, secret: bytes | None,
         Item("file", UNIT_PATH, "the node's service", shared_file("systemd", UNIT).read_bytes()),
         Item("link", WANTS, "started at boot", link=str(UNIT_PATH)),
     ]
-    edge = _edge_link(target)
-    if edge is not None:
-        items.append(Item("link", EDGE_BIN, "the unit's ExecStart", link=edge))
-    elif not target.path(EDGE_BIN).exists():
-        notes.append(f"{EDGE_BIN} does not exist: install fabrique-edge from its bundle (docs/bundles.md)")
+    edge, edge_notes = _edge_items(target)
+    items += edge
+    notes += edge_notes
     name = hostname or config.node.id
     items += _hostname_items(target, name)
     if config.console.enabled and config.console.serial_port in UART_PORTS:
@@ -406,6 +411,16 @@ def _sysusers() -> bytes:
              f'u {USER} - "fabrique-edge station node" {DATA_DIR} /usr/sbin/nologin']
     lines += [f"m {USER} {group}" for group in DEVICE_GROUPS]
     return ("\n".join(lines) + "\n").encode()
+
+
+def _edge_items(target: Target) -> tuple[list[Item], list[str]]:
+    """/usr/local/bin/edge, the units' ExecStart: (items, notes)."""
+    edge = _edge_link(target)
+    if edge is not None:
+        return [Item("link", EDGE_BIN, "the units' ExecStart", link=edge)], []
+    if not target.path(EDGE_BIN).exists():
+        return [], [f"{EDGE_BIN} does not exist: install fabrique-edge from its bundle (docs/bundles.md)"]
+    return [], []
 
 
 def _edge_link(target: Target) -> str | None:
@@ -468,26 +483,60 @@ def _uart_items(target: Target, port: str) -> tuple[list[Item], list[str]]:
     return items + out, []
 
 
-def hub_items(line: LineConfig, stations: list[StationConfig], secret: bytes) -> list[Item]:
-    """The line's broker: Debian's mosquitto with a conf.d drop-in, ACLs and password files."""
+def hub_items(line: LineConfig, stations: list[StationConfig], secret: bytes, target: Target,
+              planned: list[Item]) -> tuple[list[Item], list[str]]:
+    """(items, notes) for the line's hub: its broker and its live view. `planned`: the items already
+    in the plan (a station on the hub, the host name), which the hub's must agree with."""
     nodes = {s.mqtt.username or s.node.id: s for s in stations if s.mqtt.enabled}
     people_acl = shared_file("systemd", "mosquitto", "people.acl").read_bytes()
     people = people_accounts(people_acl.decode())
     clash = sorted(set(nodes) & set(people))
     if clash:
         raise ProvisionError(f"node account(s) {', '.join(clash)} have the name of a people's account: rename the node")
-    return [
+    if WEB_ACCOUNT not in people:
+        raise ProvisionError(f"the shipped people.acl has no `user {WEB_ACCOUNT}`: the live view could not "
+                             f"log in (reinstall fabrique-edge)")
+    broker = [
         Item("file", MOSQUITTO_DROPIN, "the line's listeners", shared_file("systemd", "mosquitto", "hub.conf").read_bytes()),
         Item("dir", MOSQUITTO_DIR, "ACLs and password files", group="mosquitto", mode=0o750),
         Item("file", MOSQUITTO_DIR / "nodes.acl", "nodes write only their own topics", nodes_acl(nodes).encode(),
              group="mosquitto", mode=0o640),
-        Item("file", MOSQUITTO_DIR / "people.acl", "dashboards, operators, Home Assistant", people_acl,
-             group="mosquitto", mode=0o640),
+        Item("file", MOSQUITTO_DIR / "people.acl", "dashboards, operators, Home Assistant, the live view",
+             people_acl, group="mosquitto", mode=0o640),
         Item("passwd", MOSQUITTO_DIR / "nodes.passwd", f"{len(nodes)} node account(s)",
              accounts={n: account_password(secret, n) for n in sorted(nodes)}, group="mosquitto", mode=0o640),
         Item("passwd", MOSQUITTO_DIR / "people.passwd", f"{len(people)} people's account(s)",
              accounts={p: account_password(secret, p) for p in people}, group="mosquitto", mode=0o640),
     ]
+    web, notes = _web_items(line, secret, target, planned)
+    return broker + web, notes
+
+
+def _web_items(line: LineConfig, secret: bytes, target: Target,
+               planned: list[Item]) -> tuple[list[Item], list[str]]:
+    """The live view (`edge web`, fabrique-web.service) and the two files it loads as credentials.
+    systemd reads them as root for its DynamicUser, so the password is root's alone (0600). The line
+    file is the node's when the hub runs a station (the same file is required), else put there."""
+    line_item = next((item for item in planned if item.path == LINE_FILE), None)
+    items: list[Item] = []
+    notes: list[str] = []
+    if line_item is None:  # a hub without a station: no node put the line file or `edge` in place
+        group = GROUP if target.gid(GROUP) is not None else "root"  # a station provisioned before keeps it
+        items += [Item("dir", ETC, "configuration", group=group, mode=0o750),
+                  Item("file", LINE_FILE, f"from {line.source.name}, for the live view",
+                       line.source.read_bytes(), group=group, mode=0o640)]
+        edge, notes = _edge_items(target)
+        items += edge
+    elif line_item.content != line.source.read_bytes():
+        raise ProvisionError(f"the station's line file is not {line.source}: the hub and its station "
+                             f"serve one line")
+    items += [
+        Item("file", WEB_PASSWORD, "the live view's MQTT password",
+             (account_password(secret, WEB_ACCOUNT) + "\n").encode(), mode=0o600, secret=True),
+        Item("file", WEB_UNIT_PATH, "the live view, port 80", shared_file("systemd", WEB_UNIT).read_bytes()),
+        Item("link", WEB_WANTS, "started at boot", link=str(WEB_UNIT_PATH)),
+    ]
+    return items, notes
 
 
 # --- running a plan ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`edge provision`: a flashed Pi becomes a station node (and, with --hub, the line's broker)."""
+"""`edge provision`: a flashed Pi becomes a station node (and, with --hub, the line's broker and live
+view)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from pathlib import Path
 
 from edge.cli import arg, command, load_station_and_line
 from edge.provision import (
+    EDGE_BIN,
+    LINE_FILE,
     MOSQUITTO_DIR,
     MOSQUITTO_DROPIN,
     UNIT,
+    WEB_PASSWORD,
+    WEB_UNIT,
+    WEB_UNIT_PATH,
+    WEB_WANTS,
     ProvisionError,
     Target,
     hub_items,
@@ -24,11 +31,12 @@ from edge.provision import (
 
 
 @command(
-    "provision", "make this Pi a station node (user, dirs, config, password, unit, UART) and the hub's broker",
+    "provision",
+    "make this Pi a station node (user, dirs, config, password, unit, UART) and the hub (broker, live view)",
     arg("--station", metavar="FILE", help="the station file of this node (its line file beside it)"),
     arg("--hub", action="store_true",
-        help="also set up mosquitto for the line: a conf.d drop-in, ACLs and password files for every "
-             "station file beside the line file"),
+        help="also set up mosquitto for the line (a conf.d drop-in, ACLs and password files for every "
+             "station file beside the line file) and its live view, edge web (fabrique-web.service)"),
     arg("--line", metavar="FILE", help="the line file (with --hub and no --station: a hub that runs no station)"),
     arg("--secret", metavar="FILE",
         help="the line's secret (edge keys secret): every MQTT password is derived from it"),
@@ -45,7 +53,9 @@ from edge.provision import (
                 "  - the host name; the header UART for the operator's console when [console]\n"
                 "    serial_port is /dev/ttyAMA0, serial0 or ttyS0 (config.txt, cmdline.txt, no getty)\n"
                 "With --hub: mosquitto's conf.d drop-in (works with Debian's mosquitto.conf), the\n"
-                "nodes' ACL and password files made with mosquitto_passwd from the line's station files.\n"
+                "nodes' ACL and password files made with mosquitto_passwd from the line's station files;\n"
+                "the live view (fabrique-web.service, port 80), enabled, with the line file and its\n"
+                "account's password in /etc/fabrique-edge/ (web.password root 0600: systemd hands it over).\n"
                 "Passwords are derived from the line's secret, so hub and nodes agree by themselves.\n"
                 "On a running system (--root /) changed services are reloaded and restarted.\n\n"
                 "examples:\n"
@@ -95,7 +105,9 @@ def provision(args: argparse.Namespace) -> int:
                 from edge.provision import _hostname_items
 
                 items += _hostname_items(target, args.hostname or "hub")
-            items += hub_items(line, stations, secret)
+            hub, hub_notes = hub_items(line, stations, secret, target, items)
+            items += hub
+            notes += hub_notes
             notes.append(f"broker accounts for {len(stations)} station(s): "
                          + ", ".join(s.node.id for s in stations))
         outcome = run_plan(items, target, args.dry_run)
@@ -143,12 +155,16 @@ def _restart(outcome, target: Target, node: bool, hub: bool) -> None:
     """On a running system: reload units and restart what changed; elsewhere say what to run."""
     touched = {str(item.path) for item, _ in outcome.changed}
     broker = any(path.startswith((str(MOSQUITTO_DIR), str(MOSQUITTO_DROPIN))) for path in touched)
+    web_inputs = {str(p) for p in (WEB_UNIT_PATH, WEB_WANTS, WEB_PASSWORD, LINE_FILE, EDGE_BIN)}
+    web = hub and bool(touched & web_inputs)
     running = target.live and Path("/run/systemd/system").is_dir() and shutil.which("systemctl")
     todo = [["systemctl", "daemon-reload"]]
     if broker:
         todo.append(["systemctl", "restart", "mosquitto.service"])  # read at start only
     if node:
         todo.append(["systemctl", "restart", UNIT])
+    if web:
+        todo.append(["systemctl", "restart", WEB_UNIT])  # starts it the first time too
     if not running:
         print("then, on the running system: " + "; ".join(" ".join(cmd) for cmd in todo))
         return

@@ -1,6 +1,7 @@
 """`edge provision` into a folder standing for a flashed card: what it installs, with which owners
-and modes; idempotence; the unit judged by the real systemd-analyze; the hub drop-in loaded by a
-real mosquitto under Debian's own mosquitto.conf, with password files from mosquitto_passwd."""
+and modes; idempotence; the units judged by the real systemd-analyze; the hub drop-in loaded by a
+real mosquitto under Debian's own mosquitto.conf, with password files from mosquitto_passwd, and
+the live view's password accepted by it."""
 
 from __future__ import annotations
 
@@ -70,6 +71,23 @@ def provision(root: Path, secret: Path, *extra: str):
                     "--root", str(root), *extra)
 
 
+def provision_hub(root: Path, secret: Path, *extra: str):
+    """A hub that runs no station: the broker and the live view only."""
+    return run_edge("provision", "--hub", "--line", str(LINE / "line.toml"), "--secret", str(secret),
+                    "--root", str(root), *extra)
+
+
+def passwd_hash(passwd: Path, account: str) -> str:
+    return next(line.split(":", 1)[1] for line in passwd.read_text().splitlines() if line.startswith(account + ":"))
+
+
+def with_distribution_units(card: Path) -> None:
+    """The distribution's units, as on the card, for systemd-analyze --root."""
+    units = card / "usr/lib/systemd/system"
+    units.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree("/lib/systemd/system", units, symlinks=True)
+
+
 def tree(root: Path) -> dict[str, tuple[int, int, int, float]]:
     """Every path under root with its mode, uid, gid and mtime (symlinks not followed)."""
     out = {}
@@ -79,6 +97,11 @@ def tree(root: Path) -> dict[str, tuple[int, int, int, float]]:
             st = path.lstat()
             out[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
     return out
+
+
+def owner_and_mode(root: Path, path: str) -> tuple[int, int, int]:
+    st = (root / path.lstrip("/")).stat()
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
 
 
 def ids(root: Path, file: str, name: str) -> int:
@@ -99,14 +122,14 @@ def test_a_node_is_provisioned_with_owners_and_modes_and_a_second_run_changes_no
         assert "fabrique" in members.split(":")[3].split(","), members
 
     def owned(path: str, uid: int, gid: int, mode: int) -> None:
-        st = (card / path.lstrip("/")).stat()
-        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, mode), path
+        assert owner_and_mode(card, path) == (uid, gid, mode), path
 
     owned("/etc/fabrique-edge", 0, fabrique_group, 0o750)
     owned("/var/lib/fabrique-edge", fabrique, fabrique_group, 0o750)
     owned("/etc/fabrique-edge/mqtt.password", 0, fabrique_group, 0o640)  # the service reads it, nobody else
     owned("/etc/fabrique-edge/node.key", 0, fabrique_group, 0o640)
     owned("/etc/mosquitto/fabrique/nodes.passwd", 0, mosquitto, 0o640)
+    owned("/etc/fabrique-edge/web.password", 0, 0, 0o600)  # the live view's: systemd reads it as root
     password = (card / "etc/fabrique-edge/mqtt.password").read_text().strip()
     assert password == account_password(read_secret(secret), "laser-1")
     station = (card / "etc/fabrique-edge/station.toml").read_text()
@@ -117,6 +140,8 @@ def test_a_node_is_provisioned_with_owners_and_modes_and_a_second_run_changes_no
     assert os.readlink(card / "usr/local/bin/edge") == "/opt/fabrique-edge/current/bin/edge"
     assert os.readlink(card / "etc/systemd/system/multi-user.target.wants/fabrique-edge.service") == \
         "/etc/systemd/system/fabrique-edge.service"
+    assert os.readlink(card / "etc/systemd/system/multi-user.target.wants/fabrique-web.service") == \
+        "/etc/systemd/system/fabrique-web.service"
     # the operator's console on the header UART: UART on, no kernel console, no login prompt on it
     config_txt = (card / "boot/firmware/config.txt").read_text()
     assert "enable_uart=1" in config_txt.splitlines() and "camera_auto_detect=1" in config_txt
@@ -164,9 +189,7 @@ def test_dry_run_changes_nothing_and_bad_files_are_refused_before_anything_is_wr
 
 def test_the_installed_unit_passes_systemd_analyze_verify_and_security_below_4(card, secret):
     assert provision(card, secret).returncode == 0
-    units = card / "usr/lib/systemd/system"  # the distribution's units, as on the card
-    units.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree("/lib/systemd/system", units, symlinks=True)
+    with_distribution_units(card)
     verify = subprocess.run(["systemd-analyze", "verify", f"--root={card}", "fabrique-edge.service"],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
@@ -182,6 +205,70 @@ def test_the_installed_unit_passes_systemd_analyze_verify_and_security_below_4(c
                     "ExecStartPre=/usr/local/bin/edge check-config", "NoNewPrivileges=yes", "ProtectSystem=strict",
                     "PrivateTmp=yes", "ReadWritePaths=/var/lib/fabrique-edge", "SupplementaryGroups=gpio dialout"):
         assert setting in unit, setting
+
+
+def test_the_hub_gets_the_live_view_with_the_web_accounts_password_and_a_second_run_changes_nothing(card, secret):
+    done = provision_hub(card, secret)
+    assert done.returncode == 0, done.stderr
+    assert "made: /etc/systemd/system/fabrique-web.service" in done.stdout
+    assert "systemctl restart fabrique-web.service" in done.stdout  # what to run once the card boots
+    assert (card / "etc/systemd/system/fabrique-web.service").read_bytes() == \
+        (ROOT / "systemd/fabrique-web.service").read_bytes()
+    assert os.readlink(card / "etc/systemd/system/multi-user.target.wants/fabrique-web.service") == \
+        "/etc/systemd/system/fabrique-web.service"
+    assert os.readlink(card / "usr/local/bin/edge") == "/opt/fabrique-edge/current/bin/edge"  # its ExecStart
+    # the unit's two credentials: the line file, and the password of `web` derived like every account's
+    assert (card / "etc/fabrique-edge/line.toml").read_bytes() == (LINE / "line.toml").read_bytes()
+    assert owner_and_mode(card, "/etc/fabrique-edge") == (0, 0, 0o750)  # no station here: no fabrique group
+    assert owner_and_mode(card, "/etc/fabrique-edge/line.toml") == (0, 0, 0o640)
+    password = (card / "etc/fabrique-edge/web.password").read_text()
+    assert password == account_password(read_secret(secret), "web") + "\n"
+    assert owner_and_mode(card, "/etc/fabrique-edge/web.password") == (0, 0, 0o600)
+    keys = run_edge("keys", "password", "web", "--secret", str(secret))
+    assert keys.returncode == 0 and keys.stdout == password  # what the docs told a technician to type
+    assert passwd_verifies(passwd_hash(card / "etc/mosquitto/fabrique/people.passwd", "web"), password.strip())
+
+    before = tree(card)
+    again = provision_hub(card, secret)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("nothing to change:"), again.stdout
+    assert "systemctl" not in again.stdout  # nothing changed: nothing to restart
+    assert tree(card) == before  # not a byte, mode, owner or mtime touched
+
+    (card / "etc/fabrique-edge/web.password").write_text("typed-by-hand\n")
+    fixed = provision_hub(card, secret)
+    assert "changed: /etc/fabrique-edge/web.password" in fixed.stdout and "content differs" in fixed.stdout
+    assert "typed-by-hand" not in fixed.stdout and password.strip() not in fixed.stdout  # never printed
+    assert "systemctl restart fabrique-web.service" in fixed.stdout
+    assert "mosquitto" not in fixed.stdout.split("then, on the running system:")[1]  # the broker's files kept
+    assert (card / "etc/fabrique-edge/web.password").read_text() == password
+
+
+def test_the_installed_web_unit_passes_systemd_analyze_verify_and_security(card, secret):
+    assert provision_hub(card, secret).returncode == 0
+    with_distribution_units(card)
+    verify = subprocess.run(["systemd-analyze", "verify", f"--root={card}", "fabrique-web.service"],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr == "", verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={card}", "--threshold=29",
+                               "--no-pager", "fabrique-web.service"],
+                              capture_output=True, text=True)
+    assert security.returncode == 0, security.stdout[-2000:] + security.stderr
+    score = float(re.search(r"Overall exposure level for fabrique-web.service: ([\d.]+)", security.stdout)[1])
+    assert score < 3
+
+
+def test_a_hub_and_its_station_serve_one_line_or_nothing_is_written(card, secret, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(LINE / "laser.toml", other)
+    (other / "line.toml").write_text((LINE / "line.toml").read_text() + "# another line's copy\n")
+    before = tree(card)
+    refused = provision(card, secret, "--hub", "--line", str(other / "line.toml"))
+    assert refused.returncode == 1
+    assert f"the station's line file is not {other / 'line.toml'}" in refused.stderr
+    assert tree(card) == before
 
 
 def connack(port: int, user: str, password: str) -> str:
@@ -220,8 +307,7 @@ def debian_mosquitto(card: Path, nodes_port: int, people_port: int) -> Path:
 
 def test_the_hub_dropin_runs_under_debians_mosquitto_conf_and_keeps_nodes_to_their_topics(card, secret):
     assert DEBIAN_CONF.exists(), "the Debian mosquitto package is not installed"
-    done = run_edge("provision", "--hub", "--line", str(LINE / "line.toml"), "--secret", str(secret),
-                    "--root", str(card))
+    done = provision_hub(card, secret)
     assert done.returncode == 0, done.stderr
     assert (card / "etc/hostname").read_text() == "hub\n"
     nodes_port, people_port = free_port(), free_port()
@@ -241,9 +327,8 @@ def test_the_hub_dropin_runs_under_debians_mosquitto_conf_and_keeps_nodes_to_the
         assert "Error" not in text and "Warning" not in text, text  # no ACL pattern warnings either
         key = read_secret(secret)
         for node in ("intake-1", "laser-1", "pickup-1"):  # every station file of the line has an account
-            assert passwd_verifies(
-                next(line.split(":", 1)[1] for line in (card / "etc/mosquitto/fabrique/nodes.passwd").read_text()
-                     .splitlines() if line.startswith(node + ":")), account_password(key, node))
+            assert passwd_verifies(passwd_hash(card / "etc/mosquitto/fabrique/nodes.passwd", node),
+                                   account_password(key, node))
         laser = TestClient(nodes_port, "laser-1", account_password(key, "laser-1"), topics=())
         dashboard = TestClient(people_port, "dashboard", account_password(key, "dashboard"), topics=())
         try:
@@ -256,6 +341,8 @@ def test_the_hub_dropin_runs_under_debians_mosquitto_conf_and_keeps_nodes_to_the
             dashboard.close()
         assert connack(nodes_port, "laser-1", account_password(key, "laser-1")) == "Success"
         assert connack(nodes_port, "laser-1", "not-the-line-password") == "Not authorized"
+        web_password = (card / "etc/fabrique-edge/web.password").read_text().strip()  # as `edge web` reads it
+        assert connack(people_port, "web", web_password) == "Success"  # the live view logs in
     finally:
         broker.terminate()
         broker.wait(10)

@@ -281,7 +281,9 @@ def create_app(live: LiveLine, line: LineConfig, feed: Any = None) -> Starlette:
     async def job_page(request: Request) -> Response:
         pid = pid_of(request)
         if pid is None:
-            return html(pages.refusal(line, "not_found", f"{request.path_params['pid']!r} is not a stand's number"), 404)
+            return html(pages.refusal(line, "not_found", f"{request.path_params['pid']!r} is not a stand's number (8 "
+                                      "letters and digits, shown on the line's page); your own stand's page opens "
+                                      "when you scan your QR code"), 404)
         return html(pages.page("job", line, f"Stand {pid}", f"/api/events/job/{pid}", json.loads(live.view("job", pid))))
 
     async def visitor_page(request: Request) -> Response:

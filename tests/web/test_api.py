@@ -328,6 +328,8 @@ def test_healthz_and_the_assets_are_local(web):
         text = (CHECKOUT / "edge" / "web" / "static" / name).read_text()
         assert "http://" not in text and "https://" not in text and "@import" not in text
     assert web.get("/job/NOT-AN-ID").status == 404 and web.get("/nothing/here").status == 404
+    order_id = web.get("/job/A7K2M9")  # an order's id is not a stand's public number: says where to look
+    assert order_id.status == 404 and "scan your QR code" in order_id.text and "A7K2M9" in order_id.text
 
 
 def test_sigterm_stops_the_service_with_streams_open(web):

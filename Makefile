@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := systemd mosquitto mosquitto-clients gcc-avr avr-libc simavr libsimavr-dev libelf-dev pkg-config chromium nats-server
+APT_PACKAGES := systemd mosquitto mosquitto-clients gcc-avr avr-libc simavr libsimavr-dev libelf-dev pkg-config chromium nats-server nginx libnginx-mod-stream
 
 .PHONY: demo test lint bench system-deps venv firmware clean help
 

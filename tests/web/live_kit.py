@@ -11,6 +11,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -205,15 +206,17 @@ class Answer:
 
 class EventStream:
     """A Server-Sent Events reader on its own thread: every `view` event's data, in order. Plain
-    HTTP/1.0 on a socket of its own, so `close` ends it at once."""
+    HTTP/1.0 on a socket of its own, so `close` ends it at once; an https URL with `context`."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, context: ssl.SSLContext | None = None):
         self.views: list[dict[str, Any]] = []
         self.ticks = 0
         self.cond = threading.Condition()
         self.closed = False
         parts = urllib.parse.urlsplit(url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        if parts.scheme == "https":
+            self.sock = (context or ssl.create_default_context()).wrap_socket(self.sock, server_hostname=parts.hostname)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n".encode())
         self.sock.settimeout(None)

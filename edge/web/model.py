@@ -202,6 +202,7 @@ class LineModel:
         changed = False
         if self.link.settles_ms is not None and now_ms >= self.link.settles_ms:
             self.link.state, self.link.since_ms, self.link.settles_ms = "up", now_ms, None
+            self.link.problem = ""  # a subscription refused on this connection, then taken
             changed = True
         stale = frozenset(n for n, seen in self.nodes.items() if now_ms - seen.heard_ms > self.stale_after_ms)
         if stale != self._stale:

@@ -158,6 +158,17 @@ def test_reconnecting_forgets_the_line_and_is_down_until_the_replay_settled():
                                  "trailer": None}
 
 
+def test_a_subscription_refused_then_taken_on_the_same_connection_leaves_no_problem_behind():
+    model = LineModel(LINE, started_ms=T0)
+    model.connected(T0)
+    refused = "the broker refused the subscription to fabrique/demo/public/# (Unspecified error)"
+    model.disconnected(T0 + 100, refused)  # what edge.web.mqtt says of a refused SUBACK
+    assert model.link_view()["problem"] == refused
+    model.subscribed(T0 + 4_000)  # asked again and taken
+    model.tick(T0 + 4_000 + SETTLE_MS)
+    assert model.link_view()["up"] and model.link_view()["problem"] == ""
+
+
 def test_a_broker_never_reached_is_connecting_then_down_since_the_start():
     model = LineModel(LINE, started_ms=T0)
     assert model.link_view()["state"] == "connecting"

@@ -11,9 +11,11 @@ update (N held), and the latency from a node's publish to each viewer, p50/p99; 
 `edge web` instance per 1000 viewers. Then, at the largest N held, kill -9 the cluster node
 carrying the hub's bridge, restart it, and kill -9 the one carrying the first `edge web`
 instance: how long until each is back, viewers reconnected, updates missed while the cluster
-failed over, and updates lost after it (target 0: each view re-reads the current state). Each
-`edge web` reaches the cluster through a local TCP failover listener standing in for nginx's
-stream upstream (systemd/cloud/nginx-fabrique-mqtt.conf). No TLS here.
+failed over, and updates lost after it (target 0: each view re-reads the current state).
+Every cloud link is TLS as shipped, with certificates of a throwaway CA (edge/sim/cloud.py): the
+bridge to the nodes, and each `edge web` through its host's nginx stream (a real nginx on the
+shipped nginx-fabrique-mqtt.conf). The viewers open the instances directly: the HTTPS front
+(nginx-fabrique-web.conf) and a lost instance are tested in tests/web/test_cloud_front.py.
 
 usage: python bench/live.py [--viewers N] [--max-viewers N] [--duration S] [--rate R]
                             [--budget S] [--failover-viewers N] [--quick] [--json OUT] [--keep DIR]
@@ -31,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from bisect import bisect_right
@@ -293,42 +294,6 @@ def ask(fleets: list[FleetProcess], command: str) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the line and the cloud
 
-class FailoverListener:
-    """One local port per `edge web` instance forwarding to the first cluster node that answers,
-    in that instance's order: nginx's stream upstream (nginx-fabrique-mqtt.conf) on this machine."""
-
-    def __init__(self, routes: dict[int, list[int]]):
-        self.routes = routes
-        self.connects: list[tuple[float, int, int]] = []  # (time, local port, node port)
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        for port in routes:
-            asyncio.run_coroutine_threadsafe(asyncio.start_server(
-                lambda r, w, p=port: self._serve(p, r, w), "127.0.0.1", port), self.loop).result(10)
-
-    async def _serve(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for upstream in self.routes[port]:
-            try:
-                up_r, up_w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", upstream), 2)
-            except (TimeoutError, OSError):
-                continue
-            self.connects.append((time.time(), port, upstream))
-            await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
-            return
-        writer.close()
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-
 class LineNodes:
     """The line's six nodes on the hub, publishing their public topics: a station's face, or a
     job one of them moved, round-robin at `rate` updates a second. Each is stamped `updated_ms`
@@ -476,6 +441,7 @@ class Bench:
         self.tmp, self.args = tmp, args
         self.cloud: Any = None
         self.hub: Any = None
+        self.front: Any = None
         self.nodes: LineNodes | None = None
         self.webs: list[subprocess.Popen[bytes]] = []
         self.fleets: list[FleetProcess] = []
@@ -486,21 +452,20 @@ class Bench:
             raise
 
     def _start(self, tmp: Path, args: argparse.Namespace) -> None:
-        from edge.sim.cloud import SimCloud, cloud_password, public_bridge_conf
+        from edge.sim.cloud import SimCloud, SimFront, cloud_password, public_bridge_conf
         from edge.sim.line import SimBroker, free_port, password_of
 
         tmp.mkdir(parents=True, exist_ok=True)
-        self.cloud = SimCloud(tmp / "cloud", size=3)
+        self.cloud = SimCloud(tmp / "cloud", size=3, tls=True)
         self.cloud.start()
         ports = self.cloud.mqtt_ports
         self.hub = SimBroker(tmp / "hub", users={n: password_of(n) for n in NODES},
-                             extra=public_bridge_conf(ports)).start()
+                             extra=public_bridge_conf(ports, cafile=self.cloud.ca)).start()
         self.nodes = LineNodes(self.hub.port, args.rate)
-        # the bridge starts on nats-1 (the first of its addresses) and moves to nats-2 when nats-1
-        # is lost; edge web A prefers nats-3, B nats-2: one loss at a time, one thing at a time
-        listen = [free_port(), free_port()]
-        self.failover = FailoverListener({listen[0]: [ports[2], ports[0], ports[1]],
-                                          listen[1]: [ports[1], ports[2], ports[0]]})
+        # each instance's host has its nginx stream to the cluster: where a link lands is nginx's
+        # round robin (the bridge starts on nats-1, the first of its addresses)
+        self.front = SimFront(tmp / "front", self.cloud, hosts=2).start()
+        listen = self.front.mqtt_ports
         self.web_mqtt = {"edge web A": listen[0], "edge web B": listen[1]}
         password = tmp / "web.password"
         password.write_text(cloud_password("web") + "\n")
@@ -606,8 +571,8 @@ class Bench:
         self.nodes.run(5)
         where = {"the hub's bridge": next((i for i, n in enumerate(self.cloud.nodes)
                                           if BRIDGE_CLIENT in n.mqtt_clients()), None)}
-        for name, port in self.web_mqtt.items():
-            where[name] = next((i for i, n in enumerate(self.cloud.nodes) if n.mqtt_port == self._upstream(port)), None)
+        for host, name in enumerate(self.web_mqtt):
+            where[name] = self.front.node_of(host)
         victim = where[carrying]
         if victim is None:
             raise SystemExit(f"{carrying} is on no cluster node: see {self.tmp}")
@@ -671,11 +636,6 @@ class Bench:
         link = self._link(name)
         return bool(link.get("up")) and link.get("since_ms", 0) > since_ms
 
-    def _upstream(self, port: int, since: float = 0) -> int | None:
-        """The cluster node port the failover listener `port` last connected to (after `since`)."""
-        ups = [up for t, p, up in self.failover.connects if p == port and t >= since]
-        return ups[-1] if ups else None
-
     def close(self) -> None:
         self.stop_fleets()
         for web in self.webs:
@@ -689,16 +649,19 @@ class Bench:
             self.nodes.close()
         if self.hub is not None:
             self.hub.stop()
+        if self.front is not None:
+            self.front.stop()
         if self.cloud is not None:
             self.cloud.stop()
 
 
 def missing_programs() -> list[str]:
-    from edge.sim.cloud import NATS_SERVER
+    from edge.sim.cloud import NATS_SERVER, NGINX, NGINX_STREAM
     from edge.sim.line import MOSQUITTO
 
     missing = [f"{name} (Debian package {pkg})" for name, path, pkg in (
         ("nats-server", NATS_SERVER, "nats-server"), ("mosquitto", MOSQUITTO, "mosquitto"),
+        ("nginx", NGINX, "nginx"), ("nginx's stream module", str(NGINX_STREAM), "libnginx-mod-stream"),
         ("mosquitto_passwd", shutil.which("mosquitto_passwd") or "", "mosquitto")) if not Path(path).exists()]
     if not (ROOT / "edge" / "commands" / "web.py").exists():
         missing.append("`edge web` (edge/commands/web.py in this checkout)")
@@ -735,7 +698,8 @@ def main() -> int:
     result: dict[str, Any] = {
         "bench": "live", "machine": machine(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "setup": {"cluster": f"NATS {_nats_version()}, 3 nodes, JetStream R3, MQTT 3.1.1 gateway",
-                  "hub": "mosquitto with systemd/cloud/bridge-public.conf (QoS 1, out only)",
+                  "hub": "mosquitto with systemd/cloud/bridge-public.conf (QoS 1, out only, TLS)",
+                  "web_links": "edge web -> nginx stream (nginx-fabrique-mqtt.conf) -> TLS to the cluster",
                   "web_instances": 2, "viewers": "SSE /api/events, raw asyncio sockets, one process per instance",
                   "line": {"stations": len(NODES), "jobs": len(JOBS)}, "updates_per_s": args.rate,
                   "seconds_per_step": args.duration, "open_files_limit": nofile},

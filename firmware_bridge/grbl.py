@@ -315,7 +315,19 @@ class Grbl(TextDevice):
     def feed_hold(self) -> None:
         self.realtime(FEED_HOLD)
 
-    def resume(self) -> None:
+    def resume(self, timeout: float | None = None) -> None:
+        """``~``, once a feed hold has completed.
+
+        GRBL 1.1 ignores a cycle start while it still decelerates into a hold (``Hold:1``:
+        protocol.c resumes only IDLE or a hold with SUSPEND_HOLD_COMPLETE), so a ``~`` sent then
+        is lost and the job stays held. Wait (at most ``hold_limit`` s) for the hold to complete."""
+        limit = self.hold_limit if timeout is None else timeout
+        began = time.monotonic()
+        try:
+            while self.status(min(5.0, limit)).state == "Hold:1" and time.monotonic() - began < limit:
+                time.sleep(0.05)
+        except GrblGone:
+            pass  # no report: send it anyway, it is all that can be done
         self.realtime(CYCLE_START)
 
     def soft_reset(self, timeout: float = 5.0) -> None:

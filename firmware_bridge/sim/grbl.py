@@ -50,7 +50,7 @@ HELP = "[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H ~ ! ? ctrl-x]"
 LINE_BUFFER = 80
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 SUPPORTED_G = {0, 1, 2, 3, 4, 10, 17, 18, 19, 20, 21, 28, 30, 53, 54, 55, 56, 57, 58, 59, 80, 90, 91, 92, 93, 94}
-SUPPORTED_M = {0, 1, 2, 3, 4, 5, 7, 8, 9, 30}
+SUPPORTED_M = {0, 1, 2, 3, 4, 5, 8, 9, 30}  # M7 only with ENABLE_M7 (off by default: error:20)
 LETTERS = set("FGIJKLMNPRSTXYZ")
 RAPID = 5000.0  # mm/min, the simulated G0 rate
 MOVING = ("Run", "Jog", "Home", "Hold:1")
@@ -130,6 +130,8 @@ class SimulatedGrbl(PtyDevice):
         travel: tuple[float, float, float] = (400.0, 300.0, 100.0),
         locked_at_start: bool = False,
         settings: dict[int, str] | None = None,
+        hold_seconds: float = 0.0,
+        fresh_eeprom: bool = False,
     ) -> None:
         super().__init__()
         self.rx_size = rx_buffer
@@ -158,7 +160,12 @@ class SimulatedGrbl(PtyDevice):
         self._remaining_hold = 0.0
         self._block_done_at = 0.0
         self._outbox: deque[tuple[float, bytes]] = deque()
-        self._boot_lines = [BANNER] + ([UNLOCK_HINT] if locked_at_start else [])
+        self.hold_seconds = hold_seconds  # deceleration into a feed hold: Hold:1 lasts this long
+        self._hold_done_at = 0.0
+        # settings_init() on an erased EEPROM (a new board, simavr without a saved EEPROM): error:7
+        # and the restored settings come before the banner; the banner itself follows a blank line
+        restored = ["error:7"] + [f"${n}={v}" for n, v in sorted(self.settings.items())] if fresh_eeprom else []
+        self._boot_lines = restored + ["", BANNER] + ([UNLOCK_HINT] if locked_at_start else [])
 
     def start(self) -> SimulatedGrbl:
         super().start()
@@ -262,6 +269,7 @@ class SimulatedGrbl(PtyDevice):
             self.resets += 1
             if self.state != "Alarm":
                 self.state = "Idle"
+            self.reply("")  # report_init_message(): "\r\nGrbl 1.1h ['$' for help]\r\n"
             self.reply(BANNER)
             if self.state == "Alarm":
                 self.reply(UNLOCK_HINT)
@@ -291,6 +299,7 @@ class SimulatedGrbl(PtyDevice):
     def _feed_hold(self) -> None:
         if self.state in ("Run", "Jog"):
             self.state = "Hold:1"  # decelerating
+            self._hold_done_at = time.monotonic() + self.hold_seconds
         elif self.state == "Idle":
             self.state = "Hold:0"
 
@@ -434,6 +443,7 @@ class SimulatedGrbl(PtyDevice):
                     self.modal.spindle, self.modal.coolant = 5, set()
                 return answer
         if m & {2, 30}:  # program end: a subset of the parser state goes back to its defaults
+            self.reply("[MSG:Pgm End]")  # gcode.c prints it in check mode too
             modal.motion, modal.plane, modal.absolute, modal.inverse_time = 1, 17, True, False
             modal.coordinates, modal.spindle, modal.coolant = 54, 5, set()
         self.executed.append(line)
@@ -524,8 +534,10 @@ class SimulatedGrbl(PtyDevice):
     # -- time ---------------------------------------------------------------------------
     def _run_planner(self, now: float) -> None:
         if self.state == "Hold:1":
+            if now < self._hold_done_at:
+                return  # still decelerating: a cycle start (~) now is ignored, as on the firmware
             self._remaining_hold = max(0.0, self._block_done_at - now)
-            self.state = "Hold:0"  # no deceleration modelled: held at once
+            self.state = "Hold:0"  # held (the deceleration itself is not modelled in the motion)
             return
         while self.planner and self.state == "Run" and now >= self._block_done_at:
             self.machine_position = self.planner.popleft().target

@@ -5,31 +5,22 @@ says error:7 and prints its settings before the banner, M7 is refused without EN
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 
 from firmware_bridge.grbl import Grbl
 from firmware_bridge.sim.grbl import SimulatedGrbl
 
 
-def _wait(predicate, seconds: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def test_resume_right_after_a_hold_waits_for_hold_complete() -> None:
+def test_resume_right_after_a_hold_waits_for_hold_complete(wait_until: Callable[..., None]) -> None:
     with SimulatedGrbl(settings={10: "3"}, hold_seconds=0.4) as board, Grbl(board.port) as laser:
         done: list[object] = []
         worker = threading.Thread(target=lambda: done.append(laser.stream(["G21 G90 F600", "G1 X20"], timeout=2.0)))
         worker.start()
-        assert _wait(lambda: board.state == "Run")
+        wait_until(lambda: board.state == "Run", what="the move")
         laser.feed_hold()
-        assert _wait(lambda: board.state == "Hold:1", 1.0)
+        wait_until(lambda: board.state == "Hold:1", what="the deceleration")
         laser.resume()  # the firmware would drop a bare ~ now: Hold:1 lasts 0.4 s
-        assert _wait(lambda: board.state == "Run", 2.0), board.state
+        wait_until(lambda: board.state == "Run", what="the move resumed")
         worker.join(10)
         assert done and board.machine_position == (20.0, 0.0, 0.0)
 

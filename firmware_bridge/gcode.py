@@ -70,9 +70,26 @@ def parse_status(line: str) -> GrblStatus | None:
 
 
 def clean_line(line: str) -> str:
-    """Strip comments and whitespace the way a sender should before counting bytes."""
-    line = re.sub(r"\(.*?\)", "", line.split(";", 1)[0])
-    return "".join(line.split()).upper()
+    """What GRBL's protocol_main_loop keeps of a line, and so what a sender sends and counts.
+
+    As the firmware does, character by character: spaces and control characters, ``/`` (block
+    delete) and comments go, ``(`` to ``)`` (or to the end) and ``;`` to the end, a ``;``
+    inside parentheses being part of the comment; a to z are upper-cased. Anything else stays,
+    non-ASCII included, for the streamer to refuse (GRBL takes bytes 0x80-0xFF as real-time
+    commands)."""
+    out: list[str] = []
+    comment = ""
+    for char in line:
+        if comment:
+            if char == ")" and comment == "(":
+                comment = ""
+        elif char <= " " or char == "/":
+            continue
+        elif char in "(;":
+            comment = char
+        else:
+            out.append(char.upper() if "a" <= char <= "z" else char)
+    return "".join(out)
 
 
 # -- the parser state a job leaves behind (pure) -------------------------------------------

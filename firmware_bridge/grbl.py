@@ -411,8 +411,10 @@ class Grbl(TextDevice):
         try:
             meta = ["$G", *self._prelude(job, start, replay_modal)]
             for number, line in [(-1, line) for line in meta] + list(enumerate(job))[start:]:
+                where = f"line {number + 1}" if number >= 0 else f"resume prelude line '{line}'"
+                if not line.isascii():  # GRBL would take bytes 0x80-0xFF as real-time overrides
+                    raise GrblFault(f"{where} has a non-ASCII character outside a comment", start)
                 if len(line) + 1 > min(MAX_LINE, self.rx_buffer):
-                    where = f"line {number + 1}" if number >= 0 else f"resume prelude line '{line}'"
                     raise GrblFault(f"{where} is {len(line) + 1} bytes, longer than GRBL accepts ({MAX_LINE})", start)
             progress = Progress(start, len(meta), ModalState.unknown(self.step_mm), self.planner_blocks)
             run = _Stream([(None, line) for line in meta] + [(i, job[i]) for i in range(start, len(job))],

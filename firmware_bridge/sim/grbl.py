@@ -49,8 +49,6 @@ UNLOCK_HINT = "[MSG:'$H'|'$X' to unlock]"
 HELP = "[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H ~ ! ? ctrl-x]"
 LINE_BUFFER = 80
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
-SUPPORTED_G = {0, 1, 2, 3, 4, 10, 17, 18, 19, 20, 21, 28, 30, 53, 54, 55, 56, 57, 58, 59, 80, 90, 91, 92, 93, 94}
-SUPPORTED_M = {0, 1, 2, 3, 4, 5, 8, 9, 30}  # M7 only with ENABLE_M7 (off by default: error:20)
 LETTERS = set("FGIJKLMNPRSTXYZ")
 RAPID = 5000.0  # mm/min, the simulated G0 rate
 MOVING = ("Run", "Jog", "Home", "Hold:1")
@@ -222,6 +220,8 @@ class SimulatedGrbl(PtyDevice):
                     self._feed_hold()
                 elif byte == ord("~"):
                     self._cycle_start()
+                elif byte > 0x7F:
+                    continue  # an extended real-time command (overrides, not modelled): never buffered
                 elif len(self.rx) < self.rx_size:
                     self.rx.append(byte)
                     self.most_buffered = max(self.most_buffered, len(self.rx))
@@ -365,32 +365,204 @@ class SimulatedGrbl(PtyDevice):
         return self._gcode(line)
 
     def _gcode(self, line: str) -> str:
-        words: list[tuple[str, float]] = []
+        """gc_execute_line's steps 2 and 3 (parse, then error-check), in the firmware's order."""
+        parsed = self._parse(line)
+        if isinstance(parsed, int):
+            return f"error:{parsed}"
+        g, m, values = parsed
+        return self._sync_or_run(line, g, m, values)
+
+    def _parse(self, line: str) -> int | tuple[set[int], set[int], dict[str, float]]:
+        """The error code gcode.c answers for ``line``, or its G codes, M codes and value words.
+
+        G codes with a decimal are kept x10 above 1000 (G38.2 -> 1382, G43.1 -> 1431, G91.1 ->
+        1911, G28.1 -> 1281, G30.1 -> 1301, G92.1 -> 1921) so they never pass for their integer."""
+        g: set[int] = set()
+        m: set[int] = set()
+        values: dict[str, float] = {}
+        groups: set[str] = set()
+        axis_command = ""  # "", "non-modal" (G10/28/30/92), "motion", "tlo" (G43.1/G49)
         at = 0
-        while at < len(line):
+        while at < len(line):  # STEP 2: one word at a time, failing at the first bad one
             letter = line[at]
             if not "A" <= letter <= "Z":
-                return "error:1"
+                return 1
             number = NUMBER.match(line, at + 1)
             if number is None:
-                return "error:2"
-            words.append((letter, float(number.group())))
+                return 2
             at = number.end()
-        letters = [letter for letter, _ in words if letter not in "GM"]
-        if any(letter not in LETTERS for letter, _ in words):
-            return "error:20"
-        if len(set(letters)) != len(letters):
-            return "error:25"
-        g = [value for letter, value in words if letter == "G"]
-        m = [int(value) for letter, value in words if letter == "M"]
-        if any(int(code) != code or int(code) not in SUPPORTED_G for code in g) or any(c not in SUPPORTED_M for c in m):
-            return "error:20"
-        if sum(1 for code in g if code in (0, 1, 2, 3, 80)) > 1:
-            return "error:21"
-        values = {letter: value for letter, value in words if letter not in "GM"}
-        if 4 in g and "P" not in values:
-            return "error:28"
-        return self._sync_or_run(line, {int(code) for code in g}, set(m), values)
+            value = float(number.group())
+            whole = math.trunc(value)
+            mantissa = round(100 * (value - whole))
+            if letter == "G":
+                code = whole
+                if whole in (10, 28, 30, 92):
+                    if mantissa == 0:
+                        if axis_command:
+                            return 24
+                        axis_command = "non-modal"
+                    group = "G0"
+                    if whole != 10:
+                        if mantissa not in (0, 10):
+                            return 20
+                        code, mantissa = (whole * 10 + 1 + 1000 if mantissa else whole), 0
+                elif whole in (4, 53):
+                    group = "G0"
+                elif whole in (0, 1, 2, 3, 38, 80):
+                    if whole != 80:
+                        if axis_command:
+                            return 24
+                        axis_command = "motion"
+                    group = "G1"
+                    if whole == 38:
+                        if mantissa not in (20, 30, 40, 50):
+                            return 20
+                        code, mantissa = 1380 + mantissa // 10, 0
+                elif whole in (17, 18, 19):
+                    group = "G2"
+                elif whole in (90, 91):
+                    group = "G3"
+                    if mantissa:
+                        if mantissa != 10 or whole == 90:
+                            return 20
+                        group, code, mantissa = "G4", 1911, 0
+                elif whole in (93, 94):
+                    group = "G5"
+                elif whole in (20, 21):
+                    group = "G6"
+                elif whole == 40:
+                    group = "G7"
+                elif whole in (43, 49):
+                    group = "G8"
+                    if axis_command:
+                        return 24
+                    axis_command = "tlo"
+                    if whole == 43:
+                        if mantissa != 10:
+                            return 20
+                        code = 1431
+                    mantissa = 0
+                elif 54 <= whole <= 59:
+                    group = "G12"
+                elif whole == 61:
+                    group = "G13"
+                    if mantissa:
+                        return 20
+                else:
+                    return 20
+                if mantissa > 0:
+                    return 23
+                if group in groups:
+                    return 21
+                groups.add(group)
+                g.add(code)
+            elif letter == "M":
+                if mantissa > 0:
+                    return 23
+                group = {0: "M4", 1: "M4", 2: "M4", 30: "M4", 3: "M7", 4: "M7", 5: "M7", 8: "M8", 9: "M8"}.get(whole)
+                if group is None:
+                    return 20  # M7 too: ENABLE_M7 is off in a default build
+                if group in groups:
+                    return 21
+                groups.add(group)
+                m.add(whole)
+            else:
+                if letter not in LETTERS:
+                    return 20
+                if letter == "T" and value > 255:
+                    return 38
+                if letter in values:
+                    return 25
+                if letter in "FNPTS" and value < 0:
+                    return 4
+                values[letter] = value
+        return self._check(g, m, values, axis_command) or (g, m, values)
+
+    def _check(self, g: set[int], m: set[int], values: dict[str, float], axis_command: str) -> int:
+        """gc_execute_line's STEP 3: the block's words against each other and the parser state."""
+        modal = self.modal
+        axes = {a for a in "XYZ" if a in values}
+        if axes and not axis_command:
+            axis_command = "motion"  # axis words alone: the current motion mode
+        if values.get("N", 0) > 10_000_000:
+            return 27
+        inverse_time = True if 93 in g else False if 94 in g else modal.inverse_time
+        motion = next((c for c in g if c in (0, 1, 2, 3, 80) or 1382 <= c <= 1385), modal.motion)
+        scale = 25.4 if (True if 20 in g else False if 21 in g else modal.inches) else 1.0
+        if inverse_time:
+            if axis_command == "motion" and motion not in (0, 80) and "F" not in values:
+                return 22
+            feed = values.get("F", 0.0)
+        elif not modal.inverse_time:
+            feed = values["F"] * scale if "F" in values else modal.feed
+        else:
+            feed = values.get("F", 0.0) * scale  # back to G94: only this block's F
+        used = set("NFST")
+        if 4 in g:
+            if "P" not in values:
+                return 28
+            used.add("P")
+        if 1431 in g and axes != {"Z"}:
+            return 37
+        if 10 in g:
+            if not axes:
+                return 26
+            if "P" not in values and "L" not in values:
+                return 28
+            if math.trunc(values.get("P", 0.0)) > 6:
+                return 29
+            if values.get("L", 0.0) != 20 and (values.get("L", 0.0) != 2 or "R" in values):
+                return 20
+            used |= {"L", "P"}
+        elif 92 in g and not axes:
+            return 26
+        elif g & {28, 30} and not axes:
+            axis_command = ""
+        elif 53 in g and motion not in (0, 1):
+            return 30
+        if motion == 80:
+            if axes:
+                return 31
+        elif axis_command == "motion" and motion != 0:
+            if feed == 0:
+                return 22
+            if motion in (2, 3) or motion >= 1382:
+                error = self._target_errors(motion, values, scale, g, used)
+                if error:
+                    return error
+        if axis_command:
+            used |= set("XYZ")
+        return 36 if set(values) - used else 0
+
+    def _target_errors(self, motion: int, values: dict[str, float], scale: float, g: set[int], used: set[str]) -> int:
+        """Arcs (G2/G3) and probes (G38.x): axis words, the target, the radius or the offsets."""
+        axes = [a for a in "XYZ" if a in values]
+        if not axes:
+            return 26
+        target = [values[a] * scale if a in values else p for a, p in zip("XYZ", self.position, strict=True)]
+        if not self.modal.absolute and 53 not in g:
+            target = [t + p if a in values else t for a, t, p in zip("XYZ", target, self.position, strict=True)]
+        if motion >= 1382:
+            return 33 if tuple(target) == tuple(self.position) else 0
+        plane = {17: (0, 1), 18: (2, 0), 19: (1, 2)}[self.modal.plane if not g & {17, 18, 19} else
+                                                     next(c for c in g if c in (17, 18, 19))]
+        if not any("XYZ"[i] in values for i in plane):
+            return 32
+        x = target[plane[0]] - self.position[plane[0]]
+        y = target[plane[1]] - self.position[plane[1]]
+        if "R" in values:
+            used.add("R")
+            if tuple(target) == tuple(self.position):
+                return 33
+            return 34 if 4 * (values["R"] * scale) ** 2 - x * x - y * y < 0 else 0
+        offsets = "IJK"
+        if not any(offsets[i] in values for i in plane):
+            return 35
+        used |= set(offsets)
+        i, j = (values.get(offsets[k], 0.0) * scale for k in plane)
+        radius = math.hypot(i, j)
+        delta = abs(math.hypot(x - i, y - j) - radius)
+        return 33 if delta > 0.005 and (delta > 0.5 or delta > 0.001 * radius) else 0
 
     def _sync_or_run(self, line: str, g: set[int], m: set[int], values: dict[str, float]) -> str:
         modal = self.modal

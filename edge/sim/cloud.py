@@ -76,26 +76,34 @@ class SimCA:
 
     def __init__(self, dir: Path):
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
 
         self.dir = dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fabrique-edge sim cloud CA (throwaway)")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                     .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                                  content_commitment=False, key_encipherment=False,
-                                                  data_encipherment=False, key_agreement=False,
-                                                  encipher_only=False, decipher_only=False), critical=True)
-                     .sign(self.key, hashes.SHA256()))
+        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fabrique-edge sim cloud CA (throwaway)")])
+        usage = x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                              key_encipherment=False, data_encipherment=False, key_agreement=False,
+                              encipher_only=False, decipher_only=False)
+        self.cert = self._sign(self.name, self.key.public_key(), [
+            (x509.BasicConstraints(ca=True, path_length=0), True), (usage, True)])
         self.path = self.dir / "ca.crt"
         self.path.write_bytes(self._pem(self.cert))
+
+    def _sign(self, subject: Any, public_key: Any, extensions: list[tuple[Any, bool]]) -> Any:
+        """A certificate for `subject` and `public_key`, signed by this CA, valid from yesterday
+        for 30 days; `extensions`: (extension, critical)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(self.name).public_key(public_key)
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(self.key, hashes.SHA256())
 
     @staticmethod
     def _pem(cert: Any) -> bytes:
@@ -107,7 +115,7 @@ class SimCA:
         """A certificate for `names` (host names and IP addresses) at `crt` and its key at `key`
         (0600); `client`: it may also authenticate as a client (a route's mutual TLS)."""
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -119,21 +127,23 @@ class SimCA:
             except ValueError:
                 sans.append(x509.DNSName(name))
         usage = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-                .issuer_name(self.cert.subject).public_key(private.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .sign(self.key, hashes.SHA256()))
+        cert = self._sign(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]), private.public_key(), [
+            (x509.SubjectAlternativeName(sans), False), (x509.ExtendedKeyUsage(usage), False),
+            (x509.BasicConstraints(ca=False, path_length=None), True)])
         crt.parent.mkdir(parents=True, exist_ok=True)
         crt.write_bytes(self._pem(cert))
         key.touch(mode=0o600)
         key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Wait for a process asked to stop; kill -9 it if it has not within `timeout` s."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 @dataclass
@@ -347,11 +357,7 @@ class SimCloud:
                 node.proc.terminate()
         for node in self.nodes:
             if node.proc is not None:
-                try:
-                    node.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    node.proc.wait(10)
+                _wait_or_kill(node.proc)
 
     def __enter__(self) -> SimCloud:
         return self.start()
@@ -591,11 +597,7 @@ include {self.dir / 'fabrique-mqtt.conf'};
         """A fast stop (SIGTERM): open streams end at once."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            _wait_or_kill(self.proc)
 
     def __enter__(self) -> SimFront:
         return self.start()

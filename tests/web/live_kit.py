@@ -204,6 +204,15 @@ class Answer:
         return json.loads(self.body)
 
 
+def fetch(url: str, context: ssl.SSLContext | None = None) -> Answer:
+    """GET `url` (https: trusting `context`), whatever its status."""
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as r:
+            return Answer(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
+    except urllib.error.HTTPError as e:
+        return Answer(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
+
+
 class EventStream:
     """A Server-Sent Events reader on its own thread: every `view` event's data, in order. Plain
     HTTP/1.0 on a socket of its own, so `close` ends it at once; an https URL with `context`."""
@@ -301,11 +310,7 @@ class WebServer:
         return self
 
     def get(self, path: str) -> Answer:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                return Answer(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
-        except urllib.error.HTTPError as e:
-            return Answer(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
+        return fetch(self.url + path)
 
     def json(self, path: str) -> Any:
         answer = self.get(path)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from live_kit import NODES, EventStream, Nodes, Visitor, WebServer
+from live_kit import NODES, Answer, EventStream, Nodes, Visitor, WebServer, fetch
 
 from edge.sim.cloud import SimCloud, SimFront, cloud_password, public_bridge_conf
 from edge.sim.line import SimBroker, password_of
@@ -39,13 +37,9 @@ class Cloud:
     ports: list[int]  # each instance's HTTP port, kept across a restart
     tls: ssl.SSLContext
 
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+    def get(self, path: str) -> Answer:
         """GET `path` at the front, over HTTPS trusting the sim CA."""
-        try:
-            with urllib.request.urlopen(self.front.url + path, timeout=10, context=self.tls) as r:
-                return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+        return fetch(self.front.url + path, self.tls)
 
     def stream(self) -> EventStream:
         return EventStream(self.front.url + "/api/events", self.tls)
@@ -111,8 +105,8 @@ def test_every_link_to_the_cluster_is_tls(cloud: Cloud) -> None:
 
 
 def test_a_viewer_sees_the_line_live_through_the_front(cloud: Cloud) -> None:
-    status, headers, body = cloud.get("/")
-    assert status == 200 and headers["content-type"].startswith("text/html") and b"Fabrique demo trailer" in body
+    page = cloud.get("/")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html") and b"Fabrique demo trailer" in page.body
     stream = cloud.stream()
     try:
         assert stream.status == 200 and stream.headers["content-type"].startswith("text/event-stream")
@@ -128,8 +122,8 @@ def test_a_viewer_sees_the_line_live_through_the_front(cloud: Cloud) -> None:
 def test_a_visitors_own_page_is_not_served_by_the_cloud(cloud: Cloud) -> None:
     v = Visitor.make("F1")
     assert cloud.webs[0].get(v.url_path).status == 200  # an instance would serve it...
-    status, headers, _body = cloud.get(v.url_path)
-    assert status == 404 and headers.get("server", "").startswith("nginx")  # ...the front does not
+    answer = cloud.get(v.url_path)
+    assert answer.status == 404 and answer.headers.get("server", "").startswith("nginx")  # ...the front does not
 
 
 def test_a_lost_web_instance_moves_its_viewers_to_the_other(cloud: Cloud) -> None:
@@ -144,7 +138,7 @@ def test_a_lost_web_instance_moves_its_viewers_to_the_other(cloud: Cloud) -> Non
             time.sleep(0.05)
         time.sleep(0.5)
         assert sum(s.closed for s in streams) == 1, "a stream of the other instance ended too"
-        statuses = [cloud.get("/api/line")[0] for _ in range(6)]
+        statuses = [cloud.get("/api/line").status for _ in range(6)]
         assert statuses == [200] * 6, statuses  # proxy_next_upstream: the dead one is skipped
         again = cloud.stream()  # what the page's EventSource does by itself
         streams.append(again)
@@ -156,7 +150,7 @@ def test_a_lost_web_instance_moves_its_viewers_to_the_other(cloud: Cloud) -> Non
             s.close()
         cloud.restart_web(0)
     deadline = time.monotonic() + 15
-    while cloud.get("/api/line")[0] != 200:  # back behind the front (fail_timeout 5 s)
+    while cloud.get("/api/line").status != 200:  # back behind the front (fail_timeout 5 s)
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
